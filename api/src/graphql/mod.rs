@@ -1,0 +1,86 @@
+//! The GraphQL schema: one merged Query/Mutation/Subscription, a module per domain.
+//!
+//! API boundary: resolvers parse input into domain types at the edge (invalid input never
+//! reaches a command), check roles, call the executor or a read-model query, and map every
+//! failure through `crate::errors`. They hold no business rules.
+
+pub mod auctions;
+
+use crate::errors;
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
+use std::sync::Arc;
+use triad_domain::auction::Auction;
+use triad_domain::{Actor, Role};
+use triad_eventstore::{AggregateStore, EventStore, LogTail};
+
+pub type TriadSchema = Schema<Query, Mutation, Subscription>;
+
+#[derive(MergedObject, Default)]
+pub struct Query(auctions::AuctionQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(auctions::AuctionMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(auctions::AuctionSubscription);
+
+/// What resolvers reach through the context.
+#[derive(Clone)]
+pub struct Services {
+    pub store: EventStore,
+    pub auctions: Arc<AggregateStore<Auction>>,
+    pub tail: Arc<LogTail>,
+}
+
+/// Who is asking (per request, or per WebSocket connection).
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub actor: Option<Actor>,
+    pub request_id: String,
+}
+
+/// Depth and complexity bounds: a hostile query cannot make the server do unbounded work.
+pub const MAX_DEPTH: usize = 12;
+pub const MAX_COMPLEXITY: usize = 2_000;
+
+pub fn build_schema(services: Option<Services>) -> TriadSchema {
+    let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY);
+    match services {
+        Some(s) => builder.data(s).finish(),
+        None => builder.finish(),
+    }
+}
+
+/// The SDL `triad schema` prints and schemas/schema.graphql holds.
+pub fn sdl() -> String {
+    build_schema(None).sdl()
+}
+
+pub(crate) fn services<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Services> {
+    ctx.data::<Services>().map_err(|e| errors::internal(e.message))
+}
+
+pub(crate) fn caller<'a>(ctx: &'a Context<'_>) -> Option<&'a Actor> {
+    ctx.data_opt::<Caller>().and_then(|c| c.actor.as_ref())
+}
+
+pub(crate) fn correlation_id(ctx: &Context<'_>) -> String {
+    ctx.data_opt::<Caller>()
+        .map(|c| c.request_id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+}
+
+/// The caller, if their role is one of `roles`; FORBIDDEN otherwise (also without a token).
+pub(crate) fn require<'a>(ctx: &'a Context<'_>, roles: &[Role]) -> async_graphql::Result<&'a Actor> {
+    match caller(ctx) {
+        Some(actor) if roles.contains(&actor.role) => Ok(actor),
+        Some(actor) => Err(errors::forbidden(format!(
+            "role {} may not do this",
+            actor.role.as_str()
+        ))),
+        None => Err(errors::forbidden("this operation needs a bearer token")),
+    }
+}

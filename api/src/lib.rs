@@ -1,0 +1,14 @@
+//! Triad's API: the axum + async-graphql server and everything `triad serve` runs beside it
+//! (projections, the log tail, the auction scheduler).
+//!
+//! API boundary: this crate is the only one that knows about HTTP, WebSocket, GraphQL and
+//! tokens. It turns requests into commands and queries and never holds business rules.
+
+pub mod auth;
+pub mod errors;
+pub mod graphql;
+pub mod http;
+pub mod scheduler;
+pub mod server;
+
+pub use server::{Server, ServerConfig};

@@ -1,0 +1,106 @@
+//! `triad`: the server and its tools. A thin shell over the library crates.
+
+mod demo;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use triad_api::auth::{parse_ttl, Auth, DEV_SECRET};
+use triad_api::{Server, ServerConfig};
+use triad_domain::{Role, UserId};
+use triad_eventstore::StoreUrl;
+
+#[derive(Parser)]
+#[command(name = "triad", version, about = "Triad: one event store, three real-time businesses")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve GraphQL (HTTP and WebSocket), run projections and the auction scheduler.
+    Serve {
+        /// sqlite://PATH, postgres://... or esdb://...
+        #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
+        store: String,
+        #[arg(long, env = "TRIAD_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Load a small demo data set into an empty store and print dev tokens.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Mint a signed dev token (HS256 with TRIAD_JWT_SECRET).
+    Token {
+        #[arg(long)]
+        sub: String,
+        /// dealer, seller, doctor, patient, donor, charity or admin
+        #[arg(long)]
+        role: String,
+        /// Lifetime: 30s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print the GraphQL SDL (schemas/schema.graphql must equal it).
+    Schema,
+}
+
+fn jwt_secret() -> String {
+    std::env::var("TRIAD_JWT_SECRET").unwrap_or_else(|_| DEV_SECRET.to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { store, listen, demo } => {
+            let store: StoreUrl = store.parse()?;
+            if std::env::var("TRIAD_JWT_SECRET").is_err() {
+                tracing::warn!("TRIAD_JWT_SECRET is unset: using the built-in development secret");
+            }
+            let secret = jwt_secret();
+            let server = Server::start(ServerConfig { store, listen, jwt_secret: secret.clone() })
+                .await
+                .context("starting the server")?;
+            if demo {
+                demo::load(&server, &Auth::new(&secret)).await.context("loading demo data")?;
+            }
+            eprintln!("triad: serving on http://{}/graphql", server.addr);
+            tokio::select! {
+                _ = server.wait() => {}
+                _ = tokio::signal::ctrl_c() => eprintln!("triad: stopping"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { sub, role, ttl } => {
+            let sub = UserId::parse(sub)?;
+            let role = Role::parse_token_role(&role)
+                .with_context(|| format!("unknown role {role:?}: use dealer, seller, doctor, patient, donor, charity or admin"))?;
+            let ttl = parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+            println!("{}", Auth::new(&jwt_secret()).mint(&sub, role, ttl)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", triad_api::graphql::sdl());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

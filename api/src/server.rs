@@ -1,0 +1,109 @@
+//! Assembles and runs `triad serve`.
+
+use crate::auth::Auth;
+use crate::graphql::{build_schema, Services};
+use crate::http::{router, AppState};
+use crate::scheduler;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use triad_domain::auction::Auction;
+use triad_eventstore::{AggregateStore, EventStore, LogTail, StoreError, StoreUrl};
+use triad_projections::auctions::AuctionProjection;
+use triad_projections::{ProjectionError, ProjectionRunner};
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub store: StoreUrl,
+    pub listen: SocketAddr,
+    pub jwt_secret: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// One Prometheus recorder per process (the `metrics` facade is global).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed; then ours just stays empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A running server: its address, and the tasks that stop when it is dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub store: EventStore,
+    pub auctions: Arc<AggregateStore<Auction>>,
+    pub runner: Arc<ProjectionRunner>,
+    http: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.http.abort();
+        self.scheduler.abort();
+    }
+}
+
+impl Server {
+    /// Connects to the store, starts projections, the log tail and the scheduler, and
+    /// listens. Returns once the server accepts connections.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let store = EventStore::connect(&config.store).await?;
+        let runner = Arc::new(
+            ProjectionRunner::start(store.clone(), vec![Arc::new(AuctionProjection)]).await?,
+        );
+        let tail = LogTail::start(store.clone()).await?;
+        let auctions = Arc::new(AggregateStore::<Auction>::new(store.clone()));
+        let schema = build_schema(Some(Services {
+            store: store.clone(),
+            auctions: auctions.clone(),
+            tail: tail.clone(),
+        }));
+        let state = AppState {
+            schema,
+            auth: Arc::new(Auth::new(&config.jwt_secret)),
+            store: store.clone(),
+            tail,
+            runner: runner.clone(),
+            metrics: metrics_handle(),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        let app = router(state);
+        let http = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "http server stopped");
+            }
+        });
+        let scheduler = scheduler::spawn(store.clone(), auctions.clone());
+        tracing::info!(%addr, store = %config.store, "triad is serving");
+        Ok(Server { addr, store, auctions, runner, http, scheduler })
+    }
+
+    /// Runs until the HTTP server stops.
+    pub async fn wait(mut self) {
+        let _ = (&mut self.http).await;
+    }
+}

@@ -1,0 +1,18 @@
+//! Triad's domain: aggregates, commands, events and the invariants that guard them.
+//!
+//! Architecture invariant: this crate is pure. No I/O, no clock, no async runtime; every
+//! command carries the time it was issued (`now`), so deciding is deterministic and replayable.
+//! Aggregates keep the cqrs-es shape (`handle` emits events, `apply` mutates) and add
+//! [`Decider::decide`], a synchronous `&self` decision the command executor uses to batch
+//! commands without cloning state.
+
+pub mod actor;
+pub mod auction;
+pub mod decider;
+pub mod ids;
+pub mod money;
+
+pub use actor::{Actor, Role};
+pub use decider::Decider;
+pub use ids::{AuctionId, ClientBidId, UserId};
+pub use money::Cents;

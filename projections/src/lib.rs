@@ -1,0 +1,10 @@
+//! Read models and the runner that feeds them from the global log.
+//!
+//! Architecture invariant: a projection's rows and its checkpoint change in the same
+//! transaction, so after a crash it resumes exactly where its last commit left off: every event
+//! takes effect exactly once. Projections only read the log; they never append to it.
+
+pub mod auctions;
+pub mod runner;
+
+pub use runner::{Projection, ProjectionError, ProjectionRunner};

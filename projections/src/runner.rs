@@ -1,0 +1,181 @@
+//! [`ProjectionRunner`]: one task per projection, each with its own checkpoint.
+
+use futures::StreamExt;
+use sqlx::{Any, AnyPool, Transaction};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use triad_eventstore::store::Migration;
+use triad_eventstore::{EventStore, Position, RecordedEvent, StoreError};
+
+/// Events applied per transaction at most (bounded so a long catch-up still commits often).
+const BATCH: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A read model fed from the log.
+#[async_trait::async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name: the checkpoint's key.
+    fn name(&self) -> &'static str;
+
+    /// Tables this projection owns.
+    fn migrations(&self) -> &'static [Migration];
+
+    /// Applies one event inside the batch's transaction. Events of no interest are ignored.
+    async fn apply(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &RecordedEvent,
+    ) -> Result<(), ProjectionError>;
+}
+
+const CHECKPOINT_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    postgres: "CREATE TABLE IF NOT EXISTS projection_checkpoints (name text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+    sqlite: "CREATE TABLE IF NOT EXISTS projection_checkpoints (name text PRIMARY KEY, position integer NOT NULL, updated_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+}];
+
+pub async fn checkpoint(pool: &AnyPool, name: &str) -> Result<Position, ProjectionError> {
+    let position: Option<i64> =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+    Ok(position.unwrap_or(0))
+}
+
+async fn save_checkpoint(
+    tx: &mut Transaction<'static, Any>,
+    name: &str,
+    position: Position,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+    )
+    .bind(name)
+    .bind(position)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Runs projections in the background; dropping it stops them.
+pub struct ProjectionRunner {
+    progress: BTreeMap<&'static str, watch::Receiver<Position>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ProjectionRunner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl ProjectionRunner {
+    /// Migrates every projection's tables and starts feeding each from its checkpoint.
+    pub async fn start(
+        store: EventStore,
+        projections: Vec<Arc<dyn Projection>>,
+    ) -> Result<Self, ProjectionError> {
+        store.migrate("projections", CHECKPOINT_MIGRATIONS).await?;
+        let mut progress = BTreeMap::new();
+        let mut tasks = vec![];
+        for p in projections {
+            store.migrate(p.name(), p.migrations()).await?;
+            let from = checkpoint(store.read_pool(), p.name()).await?;
+            let (tx, rx) = watch::channel(from);
+            progress.insert(p.name(), rx);
+            tasks.push(tokio::spawn(run(store.clone(), p, tx)));
+        }
+        Ok(ProjectionRunner { progress, tasks })
+    }
+
+    /// Each projection's checkpoint as last committed.
+    pub fn positions(&self) -> BTreeMap<&'static str, Position> {
+        self.progress
+            .iter()
+            .map(|(name, rx)| (*name, *rx.borrow()))
+            .collect()
+    }
+
+    /// Waits until every projection has committed `position` (or `timeout` passes).
+    pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
+        let all = self.progress.values().cloned().map(|mut rx| async move {
+            rx.wait_for(|p| *p >= position).await.is_ok()
+        });
+        tokio::time::timeout(timeout, futures::future::join_all(all))
+            .await
+            .map(|done| done.into_iter().all(|ok| ok))
+            .unwrap_or(false)
+    }
+}
+
+async fn run(store: EventStore, projection: Arc<dyn Projection>, progress: watch::Sender<Position>) {
+    let name = projection.name();
+    loop {
+        let from = *progress.borrow() + 1;
+        let mut log = store.subscribe_all(from).ready_chunks(BATCH);
+        while let Some(chunk) = log.next().await {
+            match apply_batch(&store, projection.as_ref(), chunk).await {
+                Ok(Some(position)) => {
+                    metrics::gauge!("triad_projection_position", "projection" => name).set(position as f64);
+                    progress.send_replace(position);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    metrics::counter!("triad_projection_errors_total", "projection" => name).increment(1);
+                    tracing::error!(projection = name, error = %e, "projection batch failed; retrying from checkpoint");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Applies a chunk of the log in one transaction with the checkpoint; returns the new
+/// checkpoint. A read error inside the chunk commits what came before it.
+async fn apply_batch(
+    store: &EventStore,
+    projection: &dyn Projection,
+    chunk: Vec<Result<RecordedEvent, StoreError>>,
+) -> Result<Option<Position>, ProjectionError> {
+    let mut tx = store.read_pool().begin().await?;
+    let mut last = None;
+    let mut failure = None;
+    for item in chunk {
+        match item {
+            Ok(event) => {
+                projection.apply(&mut tx, &event).await?;
+                last = Some(event.position);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(position) = last {
+        save_checkpoint(&mut tx, projection.name(), position).await?;
+        tx.commit().await?;
+    }
+    if let Some(e) = failure {
+        // The log stream retries by itself after a pause; what came before is committed.
+        tracing::warn!(projection = projection.name(), error = %e, "log read failed");
+    }
+    Ok(last)
+}
