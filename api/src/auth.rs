@@ -1,7 +1,9 @@
 //! Bearer tokens: HS256 JWTs with `sub` and `role` (CONTRACT.md, Auth).
 
 use chrono::Utc;
-use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use triad_domain::{Actor, Role, UserId};
@@ -66,10 +68,11 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let data = decode::<Claims>(token, &self.decoding, &validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
+        let data =
+            decode::<Claims>(token, &self.decoding, &validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
         let role = Role::parse_token_role(&data.claims.role)
             .ok_or_else(|| AuthError::UnknownRole(data.claims.role.clone()))?;
         let sub = UserId::parse(data.claims.sub).map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -95,7 +98,9 @@ impl Auth {
 pub fn parse_ttl(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let (digits, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("bad duration {raw:?}: expected e.g. 1h, 30m, 45s"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("bad duration {raw:?}: expected e.g. 1h, 30m, 45s"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -114,10 +119,23 @@ mod tests {
     fn round_trip_and_rejections() {
         let auth = Auth::new("s3cret");
         let sub = UserId::parse("dealer-1").unwrap();
-        let token = auth.mint(&sub, Role::Dealer, Duration::from_secs(60)).unwrap();
-        assert_eq!(auth.verify(&token).unwrap(), Actor { sub: sub.clone(), role: Role::Dealer });
-        assert!(matches!(Auth::new("other").verify(&token), Err(AuthError::Invalid(_))));
-        let expired = auth.mint(&sub, Role::Dealer, Duration::from_secs(0)).unwrap();
+        let token = auth
+            .mint(&sub, Role::Dealer, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            auth.verify(&token).unwrap(),
+            Actor {
+                sub: sub.clone(),
+                role: Role::Dealer
+            }
+        );
+        assert!(matches!(
+            Auth::new("other").verify(&token),
+            Err(AuthError::Invalid(_))
+        ));
+        let expired = auth
+            .mint(&sub, Role::Dealer, Duration::from_secs(0))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(1_100));
         assert_eq!(auth.verify(&expired), Err(AuthError::Expired));
         assert_eq!(auth.from_header(Some("Token x")), Err(AuthError::Malformed));

@@ -10,7 +10,10 @@ use triad_domain::{Actor, AuctionId, Cents, Role, UserId};
 use triad_eventstore::CommandContext;
 
 pub async fn load(server: &Server, auth: &Auth) -> anyhow::Result<()> {
-    let seller = Actor { sub: UserId::parse("demo-seller")?, role: Role::Seller };
+    let seller = Actor {
+        sub: UserId::parse("demo-seller")?,
+        role: Role::Seller,
+    };
     let dealers = ["demo-dealer-1", "demo-dealer-2", "demo-dealer-3"];
     if server.store.head().await? == 0 {
         let cars = [
@@ -31,23 +34,44 @@ pub async fn load(server: &Server, auth: &Auth) -> anyhow::Result<()> {
                 ends_at: now + Duration::hours(24 * (i as i64 + 1)),
                 now,
             };
-            server.auctions.execute(id.as_str(), open, CommandContext::new(seller.clone(), "demo")).await?;
+            server
+                .auctions
+                .execute(
+                    id.as_str(),
+                    open,
+                    CommandContext::new(seller.clone(), "demo"),
+                )
+                .await?;
             for (n, dealer) in dealers.iter().enumerate() {
-                let bidder = Actor { sub: UserId::parse(*dealer)?, role: Role::Dealer };
+                let bidder = Actor {
+                    sub: UserId::parse(*dealer)?,
+                    role: Role::Dealer,
+                };
                 let bid = AuctionCommand::PlaceBid {
                     bidder: bidder.sub.clone(),
                     amount: Cents::parse("amount", start + 10_000 * n as i64)?,
                     client_bid_id: None,
                     now: Utc::now(),
                 };
-                server.auctions.execute(id.as_str(), bid, CommandContext::new(bidder, "demo")).await?;
+                server
+                    .auctions
+                    .execute(id.as_str(), bid, CommandContext::new(bidder, "demo"))
+                    .await?;
             }
         }
         eprintln!("triad: demo data loaded (3 auctions: demo-auction-1..3)");
     }
     let day = StdDuration::from_secs(86_400);
-    for (sub, role) in [("demo-seller", Role::Seller), ("demo-dealer-1", Role::Dealer), ("demo-admin", Role::Admin)] {
-        eprintln!("triad: dev token {sub} ({}): {}", role.as_str(), auth.mint(&UserId::parse(sub)?, role, day)?);
+    for (sub, role) in [
+        ("demo-seller", Role::Seller),
+        ("demo-dealer-1", Role::Dealer),
+        ("demo-admin", Role::Admin),
+    ] {
+        eprintln!(
+            "triad: dev token {sub} ({}): {}",
+            role.as_str(),
+            auth.mint(&UserId::parse(sub)?, role, day)?
+        );
     }
     Ok(())
 }

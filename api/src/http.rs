@@ -73,7 +73,9 @@ async fn graphql_post(State(app): State<AppState>, headers: HeaderMap, body: Byt
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("?"));
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("?"));
     let actor = match app.auth.from_header(authorization) {
         Ok(actor) => actor,
         Err(e) => return error_body(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string()),
@@ -150,7 +152,11 @@ async fn readyz(State(app): State<AppState>) -> Response {
         "projections": positions,
         "lagging": lagging,
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 

@@ -12,7 +12,11 @@ use triad_domain::{Role, UserId};
 use triad_eventstore::StoreUrl;
 
 #[derive(Parser)]
-#[command(name = "triad", version, about = "Triad: one event store, three real-time businesses")]
+#[command(
+    name = "triad",
+    version,
+    about = "Triad: one event store, three real-time businesses"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,17 +75,27 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { store, listen, demo } => {
+        Command::Serve {
+            store,
+            listen,
+            demo,
+        } => {
             let store: StoreUrl = store.parse()?;
             if std::env::var("TRIAD_JWT_SECRET").is_err() {
                 tracing::warn!("TRIAD_JWT_SECRET is unset: using the built-in development secret");
             }
             let secret = jwt_secret();
-            let server = Server::start(ServerConfig { store, listen, jwt_secret: secret.clone() })
-                .await
-                .context("starting the server")?;
+            let server = Server::start(ServerConfig {
+                store,
+                listen,
+                jwt_secret: secret.clone(),
+            })
+            .await
+            .context("starting the server")?;
             if demo {
-                demo::load(&server, &Auth::new(&secret)).await.context("loading demo data")?;
+                demo::load(&server, &Auth::new(&secret))
+                    .await
+                    .context("loading demo data")?;
             }
             eprintln!("triad: serving on http://{}/graphql", server.addr);
             tokio::select! {

@@ -12,7 +12,10 @@ use triad_projections::auctions::due_auctions;
 
 pub const TICK: Duration = Duration::from_millis(500);
 
-pub fn spawn(store: EventStore, auctions: Arc<AggregateStore<Auction>>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    store: EventStore,
+    auctions: Arc<AggregateStore<Auction>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let system = Actor::system("scheduler");
         let mut ticker = tokio::time::interval(TICK);
@@ -27,13 +30,20 @@ pub fn spawn(store: EventStore, auctions: Arc<AggregateStore<Auction>>) -> tokio
                 }
             };
             for id in due {
-                let command = AuctionCommand::Close { by: system.clone(), now: Utc::now() };
+                let command = AuctionCommand::Close {
+                    by: system.clone(),
+                    now: Utc::now(),
+                };
                 let context = CommandContext::new(system.clone(), format!("close:{id}"));
                 match auctions.execute(&id, command, context).await {
                     Ok(_) => tracing::info!(auction = %id, "auction closed at its end"),
                     // Extended, or already closed by someone else (another replica).
-                    Err(CommandError::Rejected(AuctionError::NotDue { .. } | AuctionError::Closed)) => {}
-                    Err(e) => tracing::warn!(auction = %id, error = %e, "scheduler could not close auction"),
+                    Err(CommandError::Rejected(
+                        AuctionError::NotDue { .. } | AuctionError::Closed,
+                    )) => {}
+                    Err(e) => {
+                        tracing::warn!(auction = %id, error = %e, "scheduler could not close auction")
+                    }
                 }
             }
         }

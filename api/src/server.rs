@@ -28,7 +28,10 @@ pub enum ServerError {
     #[error(transparent)]
     Projection(#[from] ProjectionError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// One Prometheus recorder per process (the `metrics` facade is global).
@@ -85,12 +88,19 @@ impl Server {
             runner: runner.clone(),
             metrics: metrics_handle(),
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener
             .local_addr()
-            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let app = router(state);
         let http = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -99,7 +109,14 @@ impl Server {
         });
         let scheduler = scheduler::spawn(store.clone(), auctions.clone());
         tracing::info!(%addr, store = %config.store, "triad is serving");
-        Ok(Server { addr, store, auctions, runner, http, scheduler })
+        Ok(Server {
+            addr,
+            store,
+            auctions,
+            runner,
+            http,
+            scheduler,
+        })
     }
 
     /// Runs until the HTTP server stops.

@@ -222,7 +222,9 @@ impl Auction {
             ));
         }
         if ends_at <= now {
-            return Err(AuctionError::InvalidInput("endsAt must be in the future".into()));
+            return Err(AuctionError::InvalidInput(
+                "endsAt must be in the future".into(),
+            ));
         }
         Ok(vec![AuctionEvent::AuctionOpened {
             auction_id: auction_id.clone(),
@@ -284,7 +286,11 @@ impl Auction {
         }])
     }
 
-    fn decide_close(&self, by: &Actor, now: DateTime<Utc>) -> Result<Vec<AuctionEvent>, AuctionError> {
+    fn decide_close(
+        &self,
+        by: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AuctionEvent>, AuctionError> {
         let ends_at = match (self.status, self.ends_at) {
             (AuctionStatus::Unopened, _) | (_, None) => return Err(AuctionError::NotFound),
             (AuctionStatus::Open, Some(ends_at)) => ends_at,

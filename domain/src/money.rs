@@ -71,6 +71,9 @@ mod tests {
             Cents::parse("x", Cents::MAX + 1),
             Err(MoneyError::TooLarge { .. })
         ));
-        assert_eq!(Cents::parse("x", 12345).map(|c| c.to_string()), Ok("123.45".into()));
+        assert_eq!(
+            Cents::parse("x", 12345).map(|c| c.to_string()),
+            Ok("123.45".into())
+        );
     }
 }

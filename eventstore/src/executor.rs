@@ -212,7 +212,8 @@ where
     }
 
     async fn run_batch(&self, id: &str, cached: &mut Cached<A>, batch: Vec<Pending<A>>) {
-        metrics::histogram!("triad_command_batch_size", "aggregate" => A::TYPE).record(batch.len() as f64);
+        metrics::histogram!("triad_command_batch_size", "aggregate" => A::TYPE)
+            .record(batch.len() as f64);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -224,10 +225,11 @@ where
                     return;
                 }
                 Err(StoreError::Conflict) if attempt < MAX_ATTEMPTS => {
-                    metrics::counter!("triad_command_conflicts_total", "aggregate" => A::TYPE).increment(1);
+                    metrics::counter!("triad_command_conflicts_total", "aggregate" => A::TYPE)
+                        .increment(1);
                     cached.fresh = false;
                     // Full jitter over an exponential ceiling: competing processes spread out.
-                    let ceiling = 2u64.pow(attempt.min(7)) ;
+                    let ceiling = 2u64.pow(attempt.min(7));
                     let pause = rand::thread_rng().gen_range(0..=ceiling);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }

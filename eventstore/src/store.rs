@@ -3,8 +3,8 @@
 use crate::db::{self, Db};
 use crate::error::StoreError;
 use crate::record::{Position, RecordedEvent};
-use crate::schema::{self, EVENT_STORE_MIGRATIONS};
 pub use crate::schema::Migration;
+use crate::schema::{self, EVENT_STORE_MIGRATIONS};
 use crate::upcast::Upcasters;
 use crate::url::StoreUrl;
 use chrono::{DateTime, Utc};
@@ -47,7 +47,10 @@ impl LogFilter {
         self.aggregate_type
             .as_ref()
             .is_none_or(|t| *t == e.aggregate_type)
-            && self.aggregate_id.as_ref().is_none_or(|i| *i == e.aggregate_id)
+            && self
+                .aggregate_id
+                .as_ref()
+                .is_none_or(|i| *i == e.aggregate_id)
             && (self.event_types.is_empty() || self.event_types.contains(&e.event_type))
     }
 }
@@ -137,7 +140,11 @@ impl EventStore {
     }
 
     /// Applies a component's schema migrations (read models use this too).
-    pub async fn migrate(&self, component: &str, migrations: &[Migration]) -> Result<(), StoreError> {
+    pub async fn migrate(
+        &self,
+        component: &str,
+        migrations: &[Migration],
+    ) -> Result<(), StoreError> {
         schema::migrate(&self.inner.db, component, migrations).await
     }
 
@@ -160,7 +167,11 @@ impl EventStore {
     }
 
     /// Events at positions `>= from`, in position order, at most `limit`.
-    pub async fn read_all(&self, from: Position, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn read_all(
+        &self,
+        from: Position,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read(from, limit, &LogFilter::default()).await
     }
 
@@ -236,18 +247,17 @@ impl EventStore {
                             sequence: r.try_get("sequence")?,
                             event_type: r.try_get("event_type")?,
                             event_version: r.try_get("event_version")?,
-                            payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
-                            metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
+                            payload: serde_json::from_str(&payload)
+                                .unwrap_or(serde_json::Value::Null),
+                            metadata: serde_json::from_str(&metadata)
+                                .unwrap_or(serde_json::Value::Null),
                             recorded_at: r.try_get("recorded_at")?,
                         })
                     })
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };
-        Ok(rows
-            .into_iter()
-            .map(|row| self.to_recorded(row))
-            .collect())
+        Ok(rows.into_iter().map(|row| self.to_recorded(row)).collect())
     }
 
     fn to_recorded(&self, row: RawRow) -> RecordedEvent {
@@ -276,7 +286,10 @@ impl EventStore {
 
     /// The log from `from` on: everything already stored, then each new event as it commits.
     /// Never ends; a read error is yielded and the stream retries after a pause.
-    pub fn subscribe_all(&self, from: Position) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
+    pub fn subscribe_all(
+        &self,
+        from: Position,
+    ) -> BoxStream<'static, Result<RecordedEvent, StoreError>> {
         self.subscribe(from, LogFilter::default())
     }
 
@@ -353,7 +366,10 @@ impl EventStore {
     }
 
     /// Appends in one transaction; a sequence already taken is [`StoreError::Conflict`].
-    pub(crate) async fn persist<A: Aggregate>(&self, events: &[SerializedEvent]) -> Result<(), StoreError> {
+    pub(crate) async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<(), StoreError> {
         match &self.inner.repo {
             Repo::Postgres(r) => r.persist::<A>(events, None).await?,
             Repo::Sqlite(r) => r.persist::<A>(events, None).await?,

@@ -106,14 +106,22 @@ impl LogTail {
                         s.catching_up = false;
                         continue;
                     }
-                    match s.tail.store.read(s.last + 1, CATCH_UP_PAGE, &s.filter).await {
+                    match s
+                        .tail
+                        .store
+                        .read(s.last + 1, CATCH_UP_PAGE, &s.filter)
+                        .await
+                    {
                         Ok(events) => {
                             let page_full = events.len() as i64 == CATCH_UP_PAGE;
                             let last_read = events.last().map(|e| e.position);
                             // Events past `upto` will arrive live: the receiver subscribed
                             // before `upto` was read.
                             s.backlog.extend(
-                                events.into_iter().filter(|e| e.position <= upto).map(Arc::new),
+                                events
+                                    .into_iter()
+                                    .filter(|e| e.position <= upto)
+                                    .map(Arc::new),
                             );
                             s.catching_up = page_full && last_read.is_some_and(|p| p <= upto);
                         }

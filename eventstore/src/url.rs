@@ -9,10 +9,16 @@ pub const DEFAULT_STORE_URL: &str = "sqlite://data/triad.db";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     /// Embedded SQLite file; the path is relative to the working directory unless absolute.
-    Sqlite { path: String },
-    Postgres { url: String },
+    Sqlite {
+        path: String,
+    },
+    Postgres {
+        url: String,
+    },
     /// EventStoreDB: only with the cargo feature `eventstoredb`.
-    EventStoreDb { url: String },
+    EventStoreDb {
+        url: String,
+    },
 }
 
 impl FromStr for StoreUrl {
@@ -63,14 +69,19 @@ mod tests {
     fn parses() {
         assert_eq!(
             "sqlite://data/triad.db".parse::<StoreUrl>().unwrap(),
-            StoreUrl::Sqlite { path: "data/triad.db".into() }
+            StoreUrl::Sqlite {
+                path: "data/triad.db".into()
+            }
         );
         assert!(matches!(
             "postgres://u:p@h/db".parse::<StoreUrl>().unwrap(),
             StoreUrl::Postgres { .. }
         ));
         assert_eq!(
-            "postgres://u:p@h/db".parse::<StoreUrl>().unwrap().to_string(),
+            "postgres://u:p@h/db"
+                .parse::<StoreUrl>()
+                .unwrap()
+                .to_string(),
             "postgres://***@h/db"
         );
         assert!("mysql://x".parse::<StoreUrl>().is_err());

@@ -278,7 +278,10 @@ pub async fn list_auctions(
     .bind(first + 1)
     .fetch_all(pool)
     .await?;
-    let mut page = rows.iter().map(auction_row).collect::<Result<Vec<_>, _>>()?;
+    let mut page = rows
+        .iter()
+        .map(auction_row)
+        .collect::<Result<Vec<_>, _>>()?;
     let more = page.len() as i64 > first;
     page.truncate(first as usize);
     Ok((page, more))
@@ -293,7 +296,11 @@ pub struct LeaderRow {
 }
 
 /// Each bidder's best bid, highest first (ties: who got there first).
-pub async fn leaderboard(pool: &AnyPool, auction_id: &str, top: i64) -> Result<Vec<LeaderRow>, ProjectionError> {
+pub async fn leaderboard(
+    pool: &AnyPool,
+    auction_id: &str,
+    top: i64,
+) -> Result<Vec<LeaderRow>, ProjectionError> {
     let rows = sqlx::query(
         "SELECT bidder_id, best_amount_cents, bid_count, last_bid_at FROM auction_leaderboard \
          WHERE auction_id = $1 ORDER BY best_amount_cents DESC, last_position ASC LIMIT $2",
@@ -316,7 +323,11 @@ pub async fn leaderboard(pool: &AnyPool, auction_id: &str, top: i64) -> Result<V
 }
 
 /// Open auctions whose end has passed: the scheduler's work list.
-pub async fn due_auctions(pool: &AnyPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<String>, ProjectionError> {
+pub async fn due_auctions(
+    pool: &AnyPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<String>, ProjectionError> {
     let ids = sqlx::query_scalar(
         "SELECT auction_id FROM auction_view WHERE status = 'OPEN' AND ends_at_ms <= $1 \
          ORDER BY ends_at_ms LIMIT $2",

@@ -114,9 +114,11 @@ impl ProjectionRunner {
 
     /// Waits until every projection has committed `position` (or `timeout` passes).
     pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
-        let all = self.progress.values().cloned().map(|mut rx| async move {
-            rx.wait_for(|p| *p >= position).await.is_ok()
-        });
+        let all = self
+            .progress
+            .values()
+            .cloned()
+            .map(|mut rx| async move { rx.wait_for(|p| *p >= position).await.is_ok() });
         tokio::time::timeout(timeout, futures::future::join_all(all))
             .await
             .map(|done| done.into_iter().all(|ok| ok))
@@ -124,7 +126,11 @@ impl ProjectionRunner {
     }
 }
 
-async fn run(store: EventStore, projection: Arc<dyn Projection>, progress: watch::Sender<Position>) {
+async fn run(
+    store: EventStore,
+    projection: Arc<dyn Projection>,
+    progress: watch::Sender<Position>,
+) {
     let name = projection.name();
     loop {
         let from = *progress.borrow() + 1;
@@ -132,12 +138,14 @@ async fn run(store: EventStore, projection: Arc<dyn Projection>, progress: watch
         while let Some(chunk) = log.next().await {
             match apply_batch(&store, projection.as_ref(), chunk).await {
                 Ok(Some(position)) => {
-                    metrics::gauge!("triad_projection_position", "projection" => name).set(position as f64);
+                    metrics::gauge!("triad_projection_position", "projection" => name)
+                        .set(position as f64);
                     progress.send_replace(position);
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    metrics::counter!("triad_projection_errors_total", "projection" => name).increment(1);
+                    metrics::counter!("triad_projection_errors_total", "projection" => name)
+                        .increment(1);
                     tracing::error!(projection = name, error = %e, "projection batch failed; retrying from checkpoint");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     break;

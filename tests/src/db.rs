@@ -62,7 +62,9 @@ impl TestDb {
                 let admin = admin_url();
                 let mut conn = sqlx::PgConnection::connect(&admin)
                     .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at {admin} must answer (run scripts/services.sh): {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL at {admin} must answer (run scripts/services.sh): {e}")
+                    });
                 sweep_stale(&mut conn).await;
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
@@ -93,10 +95,11 @@ impl TestDb {
 
 /// Drops databases left by test processes that died before cleaning up.
 async fn sweep_stale(conn: &mut sqlx::PgConnection) {
-    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'triad_t_%'")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap_or_default();
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'triad_t_%'")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap_or_default();
     for name in names {
         let pid: Option<u32> = name.split('_').nth(2).and_then(|p| p.parse().ok());
         let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
@@ -110,11 +113,18 @@ async fn sweep_stale(conn: &mut sqlx::PgConnection) {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(admin) = self.admin_url.clone() else { return };
+        let Some(admin) = self.admin_url.clone() else {
+            return;
+        };
         let name = self.name.clone();
         // Drop runs outside any runtime guarantee: use a private one on its own thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -135,6 +145,9 @@ mod tests {
             super::with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
             "postgres://postgres@127.0.0.1:5432/x"
         );
-        assert_eq!(super::with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
+        assert_eq!(
+            super::with_database("postgres://u@h/db?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
     }
 }

@@ -46,11 +46,18 @@ impl Client {
     }
 
     pub fn with_token(&self, token: Option<String>) -> Client {
-        Client { token, ..self.clone() }
+        Client {
+            token,
+            ..self.clone()
+        }
     }
 
     pub async fn raw(&self, body: String) -> Reply {
-        let mut req = self.http.post(&self.url).header("content-type", "application/json").body(body);
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -61,7 +68,8 @@ impl Client {
     }
 
     pub async fn query(&self, query: &str, variables: Value) -> Reply {
-        self.raw(json!({ "query": query, "variables": variables }).to_string()).await
+        self.raw(json!({ "query": query, "variables": variables }).to_string())
+            .await
     }
 }
 
@@ -69,7 +77,13 @@ pub const OPEN_AUCTION: &str = "mutation($input: OpenAuctionInput!) { openAuctio
 pub const PLACE_BID: &str = "mutation($input: PlaceBidInput!) { placeBid(input: $input) { accepted duplicate auction { id highestBid { amountCents bidderId } version endsAt status } } }";
 
 /// Opens an auction as `seller` and returns its id.
-pub async fn open_auction(seller: &Client, start: i64, inc: i64, reserve: i64, ends_in_secs: i64) -> String {
+pub async fn open_auction(
+    seller: &Client,
+    start: i64,
+    inc: i64,
+    reserve: i64,
+    ends_in_secs: i64,
+) -> String {
     let ends_at = (chrono::Utc::now() + chrono::Duration::seconds(ends_in_secs)).to_rfc3339();
     let reply = seller
         .query(
@@ -77,10 +91,18 @@ pub async fn open_auction(seller: &Client, start: i64, inc: i64, reserve: i64, e
             json!({ "input": { "title": "Test car", "startingPriceCents": start, "minIncrementCents": inc, "reservePriceCents": reserve, "endsAt": ends_at } }),
         )
         .await;
-    reply.ok()["openAuction"]["id"].as_str().expect("auction id").to_string()
+    reply.ok()["openAuction"]["id"]
+        .as_str()
+        .expect("auction id")
+        .to_string()
 }
 
-pub async fn place_bid(dealer: &Client, auction: &str, amount: i64, client_bid_id: Option<&str>) -> Reply {
+pub async fn place_bid(
+    dealer: &Client,
+    auction: &str,
+    amount: i64,
+    client_bid_id: Option<&str>,
+) -> Reply {
     dealer
         .query(
             PLACE_BID,

@@ -30,7 +30,11 @@ pub async fn start_server(db: &TestDb) -> Arc<Server> {
 
 pub fn token(sub: &str, role: Role) -> String {
     Auth::new(JWT_SECRET)
-        .mint(&UserId::parse(sub).expect("test user id"), role, std::time::Duration::from_secs(3_600))
+        .mint(
+            &UserId::parse(sub).expect("test user id"),
+            role,
+            std::time::Duration::from_secs(3_600),
+        )
         .expect("mint")
 }
 

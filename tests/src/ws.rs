@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct Subscription {
     socket: Socket,
@@ -22,19 +23,32 @@ pub enum Frame {
 }
 
 /// Connects, authenticates in `connection_init`, and subscribes.
-pub async fn subscribe(addr: std::net::SocketAddr, token: Option<&str>, query: &str, variables: Value) -> Result<Subscription, String> {
-    let mut request = format!("ws://{addr}/graphql/ws").into_client_request().map_err(|e| e.to_string())?;
+pub async fn subscribe(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> Result<Subscription, String> {
+    let mut request = format!("ws://{addr}/graphql/ws")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().map_err(|_| "header".to_string())?,
+        "graphql-transport-ws"
+            .parse()
+            .map_err(|_| "header".to_string())?,
     );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let payload = match token {
         Some(t) => json!({ "Authorization": format!("Bearer {t}") }),
         None => json!({}),
     };
     socket
-        .send(Message::text(json!({ "type": "connection_init", "payload": payload }).to_string()))
+        .send(Message::text(
+            json!({ "type": "connection_init", "payload": payload }).to_string(),
+        ))
         .await
         .map_err(|e| e.to_string())?;
     loop {
@@ -80,12 +94,17 @@ impl Subscription {
                         Some("error") => return Some(Frame::Error(v["payload"].clone())),
                         Some("complete") => return Some(Frame::Complete),
                         Some("ping") => {
-                            let _ = self.socket.send(Message::text(json!({"type": "pong"}).to_string())).await;
+                            let _ = self
+                                .socket
+                                .send(Message::text(json!({"type": "pong"}).to_string()))
+                                .await;
                         }
                         _ => {}
                     }
                 }
-                Message::Close(frame) => return Some(Frame::Closed(frame.map(|f| u16::from(f.code)))),
+                Message::Close(frame) => {
+                    return Some(Frame::Closed(frame.map(|f| u16::from(f.code))))
+                }
                 _ => {}
             }
         }

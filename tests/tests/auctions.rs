@@ -38,7 +38,10 @@ async fn bid_flow(backend: Backend) {
     let r = place_bid(&dealer(&anon, 1), &id, 1_000, Some("b1")).await;
     let d = r.ok()["placeBid"].clone();
     assert_eq!(d["accepted"], true);
-    assert_eq!(d["auction"]["highestBid"], json!({ "amountCents": 1_000, "bidderId": "dealer-1" }));
+    assert_eq!(
+        d["auction"]["highestBid"],
+        json!({ "amountCents": 1_000, "bidderId": "dealer-1" })
+    );
     assert_eq!(d["auction"]["version"], 2);
     assert_eq!(d["auction"]["status"], "OPEN");
 
@@ -49,11 +52,17 @@ async fn bid_flow(backend: Backend) {
     let r = place_bid(&seller, &id, 5_000, None).await;
     assert_eq!(r.code(), Some("FORBIDDEN"), "a seller token cannot bid");
     let seller_as_dealer = anon.with_token(Some(token("seller-1", Role::Dealer)));
-    assert_eq!(place_bid(&seller_as_dealer, &id, 5_000, None).await.code(), Some("OWN_AUCTION"));
+    assert_eq!(
+        place_bid(&seller_as_dealer, &id, 5_000, None).await.code(),
+        Some("OWN_AUCTION")
+    );
 
     // Queries read the projected model, including the leaderboard.
     let a = read_model(&anon, &id, 3).await;
-    assert_eq!(a["highestBid"], json!({ "amountCents": 1_100, "bidderId": "dealer-2" }));
+    assert_eq!(
+        a["highestBid"],
+        json!({ "amountCents": 1_100, "bidderId": "dealer-2" })
+    );
     assert_eq!(a["bidCount"], 2);
     assert_eq!(
         a["leaderboard"],
@@ -66,17 +75,41 @@ async fn bid_flow(backend: Backend) {
 
     // Close: SOLD, because 1,100 meets the 1,500 reserve? No: it does not, so UNSOLD.
     let other_seller = anon.with_token(Some(token("seller-2", Role::Seller)));
-    let r = other_seller.query("mutation($id: ID!) { closeAuction(auctionId: $id) { status } }", json!({ "id": id })).await;
+    let r = other_seller
+        .query(
+            "mutation($id: ID!) { closeAuction(auctionId: $id) { status } }",
+            json!({ "id": id }),
+        )
+        .await;
     assert_eq!(r.code(), Some("FORBIDDEN"));
-    let r = seller.query("mutation($id: ID!) { closeAuction(auctionId: $id) { status version } }", json!({ "id": id })).await;
-    assert_eq!(r.ok()["closeAuction"], json!({ "status": "UNSOLD", "version": 4 }));
-    assert_eq!(place_bid(&dealer(&anon, 1), &id, 9_000, None).await.code(), Some("AUCTION_CLOSED"));
+    let r = seller
+        .query(
+            "mutation($id: ID!) { closeAuction(auctionId: $id) { status version } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        r.ok()["closeAuction"],
+        json!({ "status": "UNSOLD", "version": 4 })
+    );
+    assert_eq!(
+        place_bid(&dealer(&anon, 1), &id, 9_000, None).await.code(),
+        Some("AUCTION_CLOSED")
+    );
 
     // A second auction that meets its reserve is SOLD to the highest bidder.
     let id2 = open_auction(&seller, 1_000, 100, 1_000, 3_600).await;
     place_bid(&dealer(&anon, 3), &id2, 2_000, None).await.ok();
-    let r = seller.query("mutation($id: ID!) { closeAuction(auctionId: $id) { status winnerId } }", json!({ "id": id2 })).await;
-    assert_eq!(r.ok()["closeAuction"], json!({ "status": "SOLD", "winnerId": "dealer-3" }));
+    let r = seller
+        .query(
+            "mutation($id: ID!) { closeAuction(auctionId: $id) { status winnerId } }",
+            json!({ "id": id2 }),
+        )
+        .await;
+    assert_eq!(
+        r.ok()["closeAuction"],
+        json!({ "status": "SOLD", "winnerId": "dealer-3" })
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +144,10 @@ async fn concurrent_dealers(backend: Backend) {
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             let amount = START + step * INC;
-            (amount, place_bid(&client, &id, amount, Some(&format!("c{n}"))).await)
+            (
+                amount,
+                place_bid(&client, &id, amount, Some(&format!("c{n}"))).await,
+            )
         }));
     }
     let mut accepted = vec![];
@@ -125,25 +161,48 @@ async fn concurrent_dealers(backend: Backend) {
         }
     }
     let top = START + (DEALERS as i64 - 1) * INC;
-    assert!(accepted.contains(&top), "the largest bid is always valid and must win");
+    assert!(
+        accepted.contains(&top),
+        "the largest bid is always valid and must win"
+    );
     let max_accepted = *accepted.iter().max().unwrap();
     for r in &rejected {
-        assert!(*r < max_accepted, "rejected {r} although nothing higher was accepted");
+        assert!(
+            *r < max_accepted,
+            "rejected {r} although nothing higher was accepted"
+        );
     }
 
     // In log order, accepted amounts strictly increase by at least the increment.
     let log = server
         .store
-        .read(1, 10_000, &LogFilter { event_types: vec!["BidPlaced".into()], ..LogFilter::aggregate("Auction", &id) })
+        .read(
+            1,
+            10_000,
+            &LogFilter {
+                event_types: vec!["BidPlaced".into()],
+                ..LogFilter::aggregate("Auction", &id)
+            },
+        )
         .await
         .unwrap();
-    let in_log: Vec<i64> = log.iter().map(|e| e.payload["BidPlaced"]["amount"].as_i64().unwrap()).collect();
+    let in_log: Vec<i64> = log
+        .iter()
+        .map(|e| e.payload["BidPlaced"]["amount"].as_i64().unwrap())
+        .collect();
     assert_eq!(in_log.len(), accepted.len(), "one event per accepted bid");
-    assert!(in_log.windows(2).all(|w| w[1] >= w[0] + INC), "strictly increasing by the increment: {in_log:?}");
+    assert!(
+        in_log.windows(2).all(|w| w[1] >= w[0] + INC),
+        "strictly increasing by the increment: {in_log:?}"
+    );
     assert_eq!(*in_log.last().unwrap(), top);
 
     // The read model equals a fresh replay of the log.
-    let all = server.store.read(1, 10_000, &LogFilter::aggregate("Auction", &id)).await.unwrap();
+    let all = server
+        .store
+        .read(1, 10_000, &LogFilter::aggregate("Auction", &id))
+        .await
+        .unwrap();
     let mut replayed = Auction::default();
     let mut best: HashMap<String, i64> = HashMap::new();
     for e in &all {
@@ -156,22 +215,34 @@ async fn concurrent_dealers(backend: Backend) {
     }
     let view = read_model(&anon, &id, all.len() as i64).await;
     let highest = replayed.highest.clone().unwrap();
-    assert_eq!(view["highestBid"], json!({ "amountCents": highest.amount.get(), "bidderId": highest.bidder.to_string() }));
+    assert_eq!(
+        view["highestBid"],
+        json!({ "amountCents": highest.amount.get(), "bidderId": highest.bidder.to_string() })
+    );
     assert_eq!(view["bidCount"].as_u64(), Some(replayed.bid_count));
     // The read model keeps milliseconds.
     assert_eq!(
-        view["endsAt"].as_str().map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis()),
+        view["endsAt"]
+            .as_str()
+            .map(|s| chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()),
         replayed.ends_at.map(|t| t.timestamp_millis())
     );
     let board: HashMap<String, i64> = view["leaderboard"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["bidderId"].as_str().unwrap().to_string(), r["amountCents"].as_i64().unwrap()))
+        .map(|r| {
+            (
+                r["bidderId"].as_str().unwrap().to_string(),
+                r["amountCents"].as_i64().unwrap(),
+            )
+        })
         .collect();
     let expected_board: HashMap<String, i64> = {
         let mut v: Vec<_> = best.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v.into_iter().take(100).collect()
     };
     assert_eq!(board, expected_board);
@@ -195,13 +266,27 @@ async fn duplicate_client_bid_id(backend: Backend) {
     let id = open_auction(&seller, 1_000, 100, 0, 3_600).await;
     let d = dealer(&anon, 1);
     // The same command sent ten times at once, as a client retrying on a bad network would.
-    let replies = futures::future::join_all((0..10).map(|_| place_bid(&d, &id, 1_500, Some("retry-me")))).await;
-    let duplicates = replies.iter().filter(|r| r.ok()["placeBid"]["duplicate"] == true).count();
+    let replies =
+        futures::future::join_all((0..10).map(|_| place_bid(&d, &id, 1_500, Some("retry-me"))))
+            .await;
+    let duplicates = replies
+        .iter()
+        .filter(|r| r.ok()["placeBid"]["duplicate"] == true)
+        .count();
     assert_eq!(duplicates, 9);
-    assert!(replies.iter().all(|r| r.ok()["placeBid"]["accepted"] == true));
+    assert!(replies
+        .iter()
+        .all(|r| r.ok()["placeBid"]["accepted"] == true));
     let bids = server
         .store
-        .read(1, 100, &LogFilter { event_types: vec!["BidPlaced".into()], ..LogFilter::aggregate("Auction", &id) })
+        .read(
+            1,
+            100,
+            &LogFilter {
+                event_types: vec!["BidPlaced".into()],
+                ..LogFilter::aggregate("Auction", &id)
+            },
+        )
         .await
         .unwrap();
     assert_eq!(bids.len(), 1, "one event for one clientBidId");
@@ -227,43 +312,90 @@ async fn subscription_in_order_and_resumable(backend: Backend) {
     let timeout = Duration::from_secs(10);
 
     let dealer_token = token("dealer-1", Role::Dealer);
-    let mut watcher = ws::subscribe(server.addr, Some(&dealer_token), BID_PLACED, json!({ "id": id })).await.unwrap();
-    let mut resumer = ws::subscribe(server.addr, None, BID_PLACED, json!({ "id": id })).await.unwrap();
+    let mut watcher = ws::subscribe(
+        server.addr,
+        Some(&dealer_token),
+        BID_PLACED,
+        json!({ "id": id }),
+    )
+    .await
+    .unwrap();
+    let mut resumer = ws::subscribe(server.addr, None, BID_PLACED, json!({ "id": id }))
+        .await
+        .unwrap();
     // Give the subscriptions a moment to be registered before the first bid.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let mut amounts = vec![];
     for i in 0..30 {
         let amount = 1_000 + i * 100;
-        place_bid(&dealer(&anon, (i % 3) as usize), &id, amount, None).await.ok();
-        place_bid(&dealer(&anon, 9), &other, amount, None).await.ok(); // noise on another auction
+        place_bid(&dealer(&anon, (i % 3) as usize), &id, amount, None)
+            .await
+            .ok();
+        place_bid(&dealer(&anon, 9), &other, amount, None)
+            .await
+            .ok(); // noise on another auction
         amounts.push(amount);
         if i == 9 {
             // The resumer drops after 10 events and misses the next ones.
             let first = resumer.take(10, timeout).await;
-            let last_position = first.last().unwrap()["data"]["bidPlaced"]["position"].as_i64().unwrap();
+            let last_position = first.last().unwrap()["data"]["bidPlaced"]["position"]
+                .as_i64()
+                .unwrap();
             resumer.close().await;
-            resumer = ws::subscribe(server.addr, None, BID_PLACED, json!({ "id": id, "after": last_position })).await.unwrap();
-            let prefix: Vec<i64> = first.iter().map(|v| v["data"]["bidPlaced"]["amountCents"].as_i64().unwrap()).collect();
+            resumer = ws::subscribe(
+                server.addr,
+                None,
+                BID_PLACED,
+                json!({ "id": id, "after": last_position }),
+            )
+            .await
+            .unwrap();
+            let prefix: Vec<i64> = first
+                .iter()
+                .map(|v| v["data"]["bidPlaced"]["amountCents"].as_i64().unwrap())
+                .collect();
             assert_eq!(prefix, amounts[..10]);
         }
     }
     let all = watcher.take(30, timeout).await;
-    let got: Vec<i64> = all.iter().map(|v| v["data"]["bidPlaced"]["amountCents"].as_i64().unwrap()).collect();
+    let got: Vec<i64> = all
+        .iter()
+        .map(|v| v["data"]["bidPlaced"]["amountCents"].as_i64().unwrap())
+        .collect();
     assert_eq!(got, amounts, "every accepted bid, in order");
-    let positions: Vec<i64> = all.iter().map(|v| v["data"]["bidPlaced"]["position"].as_i64().unwrap()).collect();
+    let positions: Vec<i64> = all
+        .iter()
+        .map(|v| v["data"]["bidPlaced"]["position"].as_i64().unwrap())
+        .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
-    assert!(all.iter().all(|v| v["data"]["bidPlaced"]["auctionId"] == id.as_str()));
+    assert!(all
+        .iter()
+        .all(|v| v["data"]["bidPlaced"]["auctionId"] == id.as_str()));
 
     let rest = resumer.take(20, timeout).await;
-    let got: Vec<i64> = rest.iter().map(|v| v["data"]["bidPlaced"]["amountCents"].as_i64().unwrap()).collect();
-    assert_eq!(got, amounts[10..], "resume after reconnect: no gap, no duplicate");
+    let got: Vec<i64> = rest
+        .iter()
+        .map(|v| v["data"]["bidPlaced"]["amountCents"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        amounts[10..],
+        "resume after reconnect: no gap, no duplicate"
+    );
     // Nothing more arrives for either.
-    assert!(matches!(watcher.next(Duration::from_millis(300)).await, None));
-    assert!(matches!(resumer.next(Duration::from_millis(300)).await, None));
+    assert!(watcher.next(Duration::from_millis(300)).await.is_none());
+    assert!(resumer.next(Duration::from_millis(300)).await.is_none());
 
     // An unknown auction is a typed error, not a silent stream.
-    let mut bad = ws::subscribe(server.addr, None, BID_PLACED, json!({ "id": "no-such-auction" })).await.unwrap();
+    let mut bad = ws::subscribe(
+        server.addr,
+        None,
+        BID_PLACED,
+        json!({ "id": "no-such-auction" }),
+    )
+    .await
+    .unwrap();
     match bad.next(timeout).await {
         Some(Frame::Error(errors)) => assert_eq!(errors[0]["extensions"]["code"], "NOT_FOUND"),
         Some(Frame::Next(v)) => assert_eq!(v["errors"][0]["extensions"]["code"], "NOT_FOUND"),
@@ -289,31 +421,74 @@ async fn bad_input_gets_typed_errors(backend: Backend) {
     let d = dealer(&anon, 1);
     let id = open_auction(&seller, 1_000, 100, 0, 3_600).await;
 
-    assert_eq!(place_bid(&d, &id, -5, None).await.code(), Some("INVALID_INPUT"));
-    assert_eq!(place_bid(&d, &id, 0, None).await.code(), Some("INVALID_INPUT"));
-    assert_eq!(place_bid(&d, &id, 1_000_000_000_000_000, None).await.code(), Some("INVALID_INPUT"));
+    assert_eq!(
+        place_bid(&d, &id, -5, None).await.code(),
+        Some("INVALID_INPUT")
+    );
+    assert_eq!(
+        place_bid(&d, &id, 0, None).await.code(),
+        Some("INVALID_INPUT")
+    );
+    assert_eq!(
+        place_bid(&d, &id, 1_000_000_000_000_000, None).await.code(),
+        Some("INVALID_INPUT")
+    );
     let huge = d
         .raw(format!(r#"{{"query":"mutation {{ placeBid(input: {{auctionId: \"{id}\", amountCents: 99999999999999999999999}}) {{ accepted }} }}"}}"#))
         .await;
     assert_eq!(huge.code(), Some("INVALID_INPUT"), "{}", huge.body);
-    assert_eq!(place_bid(&d, "no-such-auction", 5_000, None).await.code(), Some("NOT_FOUND"));
-    assert_eq!(place_bid(&d, "bad id with spaces", 5_000, None).await.code(), Some("NOT_FOUND"));
-    assert_eq!(place_bid(&d, &id, 5_000, Some(&"x".repeat(500))).await.code(), Some("INVALID_INPUT"));
-    assert_eq!(place_bid(&anon, &id, 5_000, None).await.code(), Some("FORBIDDEN"), "no token, no bid");
+    assert_eq!(
+        place_bid(&d, "no-such-auction", 5_000, None).await.code(),
+        Some("NOT_FOUND")
+    );
+    assert_eq!(
+        place_bid(&d, "bad id with spaces", 5_000, None)
+            .await
+            .code(),
+        Some("NOT_FOUND")
+    );
+    assert_eq!(
+        place_bid(&d, &id, 5_000, Some(&"x".repeat(500)))
+            .await
+            .code(),
+        Some("INVALID_INPUT")
+    );
+    assert_eq!(
+        place_bid(&anon, &id, 5_000, None).await.code(),
+        Some("FORBIDDEN"),
+        "no token, no bid"
+    );
 
     let malformed = d.raw("{\"query\": ".into()).await;
-    assert_eq!((malformed.status, malformed.code()), (400, Some("BAD_REQUEST")));
+    assert_eq!(
+        (malformed.status, malformed.code()),
+        (400, Some("BAD_REQUEST"))
+    );
     let not_graphql = d.raw(r#"{"query": "mutation { placeBid("}"#.into()).await;
-    assert!(matches!(not_graphql.code(), Some("GRAPHQL_PARSE_FAILED" | "GRAPHQL_VALIDATION_FAILED")), "{}", not_graphql.body);
+    assert!(
+        matches!(
+            not_graphql.code(),
+            Some("GRAPHQL_PARSE_FAILED" | "GRAPHQL_VALIDATION_FAILED")
+        ),
+        "{}",
+        not_graphql.body
+    );
 
     let expired = triad_api::auth::Auth::new(triad_tests::JWT_SECRET)
-        .mint(&triad_domain::UserId::parse("dealer-1").unwrap(), Role::Dealer, Duration::from_secs(0))
+        .mint(
+            &triad_domain::UserId::parse("dealer-1").unwrap(),
+            Role::Dealer,
+            Duration::from_secs(0),
+        )
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let r = place_bid(&anon.with_token(Some(expired)), &id, 5_000, None).await;
     assert_eq!((r.status, r.code()), (401, Some("UNAUTHENTICATED")));
     let forged = place_bid(&anon.with_token(Some("not.a.jwt".into())), &id, 5_000, None).await;
-    assert_eq!((forged.status, forged.code()), (401, Some("UNAUTHENTICATED")));
+    assert_eq!(
+        (forged.status, forged.code()),
+        (401, Some("UNAUTHENTICATED"))
+    );
 
     let past = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
     let r = seller
@@ -370,7 +545,12 @@ async fn restart_and_scheduler(backend: Backend) {
     .await;
     assert_eq!(closed["status"], "UNSOLD");
     // Bids after the end are refused.
-    assert_eq!(place_bid(&dealer(&anon, 1), &short, 5_000, None).await.code(), Some("AUCTION_CLOSED"));
+    assert_eq!(
+        place_bid(&dealer(&anon, 1), &short, 5_000, None)
+            .await
+            .code(),
+        Some("AUCTION_CLOSED")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,9 +571,15 @@ async fn anti_sniping_extends_over_http() {
     let anon = Client::new(server.addr, None);
     let seller = anon.with_token(Some(token("seller-1", Role::Seller)));
     let id = open_auction(&seller, 1_000, 100, 0, 60).await;
-    let before = read_model(&anon, &id, 1).await["endsAt"].as_str().map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap()).unwrap();
+    let before = read_model(&anon, &id, 1).await["endsAt"]
+        .as_str()
+        .map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap())
+        .unwrap();
     let r = place_bid(&dealer(&anon, 1), &id, 1_000, None).await;
-    let after = chrono::DateTime::parse_from_rfc3339(r.ok()["placeBid"]["auction"]["endsAt"].as_str().unwrap()).unwrap();
+    let after = chrono::DateTime::parse_from_rfc3339(
+        r.ok()["placeBid"]["auction"]["endsAt"].as_str().unwrap(),
+    )
+    .unwrap();
     // The read model keeps milliseconds; the command's answer is exact.
     let moved = (after - before).num_milliseconds();
     assert!((120_000..=120_001).contains(&moved), "moved by {moved} ms");
@@ -402,8 +588,13 @@ async fn anti_sniping_extends_over_http() {
 #[test]
 fn schema_file_equals_triad_schema() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/schema.graphql");
-    let on_disk = std::fs::read_to_string(path).expect("schemas/schema.graphql exists (make schema)");
-    assert_eq!(on_disk, triad_api::graphql::sdl(), "schemas/schema.graphql is stale: run `make schema`");
+    let on_disk =
+        std::fs::read_to_string(path).expect("schemas/schema.graphql exists (make schema)");
+    assert_eq!(
+        on_disk,
+        triad_api::graphql::sdl(),
+        "schemas/schema.graphql is stale: run `make schema`"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +603,14 @@ async fn health_ready_and_metrics() {
     let server = start_server(&db).await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", server.addr);
-    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
@@ -421,8 +619,22 @@ async fn health_ready_and_metrics() {
     let seller = anon.with_token(Some(token("seller-1", Role::Seller)));
     let id = open_auction(&seller, 1_000, 100, 0, 3_600).await;
     place_bid(&dealer(&anon, 1), &id, 1_000, None).await.ok();
-    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("triad_bids_total"), "{text}");
-    let graphiql = http.get(format!("{base}/graphql")).send().await.unwrap().text().await.unwrap();
+    let graphiql = http
+        .get(format!("{base}/graphql"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(graphiql.to_lowercase().contains("graphiql"));
 }

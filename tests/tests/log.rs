@@ -38,7 +38,13 @@ fn bid(amount: i64) -> AuctionCommand {
 }
 
 fn ctx() -> CommandContext {
-    CommandContext::new(Actor { sub: UserId::parse("dealer").unwrap(), role: Role::Dealer }, "test")
+    CommandContext::new(
+        Actor {
+            sub: UserId::parse("dealer").unwrap(),
+            role: Role::Dealer,
+        },
+        "test",
+    )
 }
 
 /// A transaction that inserts before others but commits after them: with positions taken
@@ -82,7 +88,10 @@ async fn no_event_skipped_or_duplicated(backend: Backend) {
             let id = format!("log-{w}");
             auctions.execute(&id, open(&id), ctx()).await.unwrap();
             for i in 0..BIDS_PER_WRITER {
-                auctions.execute(&id, bid(100 + i as i64), ctx()).await.unwrap();
+                auctions
+                    .execute(&id, bid(100 + i as i64), ctx())
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -103,32 +112,64 @@ async fn no_event_skipped_or_duplicated(backend: Backend) {
         h.await.unwrap();
     }
     // Nothing beyond the expected events arrives.
-    assert!(tokio::time::timeout(Duration::from_millis(500), tail.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), tail.next())
+            .await
+            .is_err()
+    );
 
     let positions: Vec<i64> = seen.iter().map(|e| e.position).collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions strictly increase");
-    let keys: HashSet<(String, i64)> = seen.iter().map(|e| (e.aggregate_id.clone(), e.sequence)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions strictly increase"
+    );
+    let keys: HashSet<(String, i64)> = seen
+        .iter()
+        .map(|e| (e.aggregate_id.clone(), e.sequence))
+        .collect();
     assert_eq!(keys.len(), expected, "no duplicates");
     for w in 0..WRITERS {
         let id = format!("log-{w}");
-        let seqs: Vec<i64> = seen.iter().filter(|e| e.aggregate_id == id).map(|e| e.sequence).collect();
-        assert_eq!(seqs, (1..=(1 + BIDS_PER_WRITER as i64)).collect::<Vec<_>>(), "per-aggregate order for {id}");
+        let seqs: Vec<i64> = seen
+            .iter()
+            .filter(|e| e.aggregate_id == id)
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=(1 + BIDS_PER_WRITER as i64)).collect::<Vec<_>>(),
+            "per-aggregate order for {id}"
+        );
     }
     if backend == Backend::Postgres {
-        assert!(seen.iter().any(|e| e.aggregate_id == "slow"), "the slow transaction's event was not skipped");
+        assert!(
+            seen.iter().any(|e| e.aggregate_id == "slow"),
+            "the slow transaction's event was not skipped"
+        );
     }
     // A fresh read of the whole log agrees with what the tail saw.
     let all = store.read_all(1, 100_000).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), positions);
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        positions
+    );
     // Every event carries its metadata.
     for e in all.iter().filter(|e| e.aggregate_type == "Auction") {
         let m = e.metadata().expect("metadata");
-        assert_eq!(uuid::Uuid::parse_str(&m.event_id).unwrap().get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(&m.event_id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
         assert_eq!(m.actor_role, "dealer");
         assert!(!m.command_id.is_empty() && !m.correlation_id.is_empty());
     }
     // Filtered reads see one aggregate only.
-    let one = store.read(1, 1_000, &LogFilter::aggregate("Auction", "log-3")).await.unwrap();
+    let one = store
+        .read(1, 1_000, &LogFilter::aggregate("Auction", "log-3"))
+        .await
+        .unwrap();
     assert_eq!(one.len(), 1 + BIDS_PER_WRITER);
 }
 
@@ -148,8 +189,12 @@ async fn sqlite_log_never_skips() {
 async fn postgres_conflicts_between_processes_are_retried() {
     let db = TestDb::create(Backend::Postgres).await;
     let url = db.url.parse().unwrap();
-    let a = Arc::new(AggregateStore::<Auction>::new(EventStore::connect(&url).await.unwrap()));
-    let b = Arc::new(AggregateStore::<Auction>::new(EventStore::connect(&url).await.unwrap()));
+    let a = Arc::new(AggregateStore::<Auction>::new(
+        EventStore::connect(&url).await.unwrap(),
+    ));
+    let b = Arc::new(AggregateStore::<Auction>::new(
+        EventStore::connect(&url).await.unwrap(),
+    ));
     a.execute("hot", open("hot"), ctx()).await.unwrap();
     let mut tasks = vec![];
     for i in 0..60i64 {
@@ -163,13 +208,18 @@ async fn postgres_conflicts_between_processes_are_retried() {
     for (i, t) in tasks.into_iter().enumerate() {
         match t.await.unwrap() {
             Ok(o) => accepted.push((o.version, 1_000 + i as i64)),
-            Err(triad_eventstore::CommandError::Rejected(triad_domain::auction::AuctionError::BidTooLow { .. })) => {}
+            Err(triad_eventstore::CommandError::Rejected(
+                triad_domain::auction::AuctionError::BidTooLow { .. },
+            )) => {}
             Err(e) => panic!("a bid was lost to a race: {e}"),
         }
     }
     accepted.sort();
     let amounts: Vec<i64> = accepted.iter().map(|(_, a)| *a).collect();
-    assert!(amounts.windows(2).all(|w| w[0] < w[1]), "accepted amounts increase in version order");
+    assert!(
+        amounts.windows(2).all(|w| w[0] < w[1]),
+        "accepted amounts increase in version order"
+    );
     assert_eq!(amounts.last(), Some(&1_059), "the largest bid always wins");
     let (state, version) = a.load("hot").await.unwrap();
     assert_eq!(state.highest.unwrap().amount.get(), 1_059);

@@ -9,7 +9,9 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt};
-use triad_domain::auction::{Auction, AuctionCommand, AuctionEvent, AuctionStatus as DomainStatus, AuctionSummary};
+use triad_domain::auction::{
+    Auction, AuctionCommand, AuctionEvent, AuctionStatus as DomainStatus, AuctionSummary,
+};
 use triad_domain::{AuctionId, Cents, ClientBidId, Role};
 use triad_eventstore::store::LogFilter;
 use triad_eventstore::CommandContext;
@@ -185,7 +187,11 @@ impl AuctionNode {
     async fn winner_id(&self) -> Option<ID> {
         self.winner_id.clone().map(ID)
     }
-    async fn leaderboard(&self, ctx: &Context<'_>, #[graphql(default = 10)] top: i32) -> async_graphql::Result<Vec<LeaderboardEntry>> {
+    async fn leaderboard(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] top: i32,
+    ) -> async_graphql::Result<Vec<LeaderboardEntry>> {
         leaderboard_of(ctx, &self.id, top).await
     }
 }
@@ -198,7 +204,11 @@ pub struct LeaderboardEntry {
     pub bid_count: i64,
 }
 
-async fn leaderboard_of(ctx: &Context<'_>, auction_id: &str, top: i32) -> async_graphql::Result<Vec<LeaderboardEntry>> {
+async fn leaderboard_of(
+    ctx: &Context<'_>,
+    auction_id: &str,
+    top: i32,
+) -> async_graphql::Result<Vec<LeaderboardEntry>> {
     if !(1..=100).contains(&top) {
         return Err(invalid_input("top must be between 1 and 100"));
     }
@@ -257,7 +267,11 @@ pub struct AuctionQuery;
 
 #[Object]
 impl AuctionQuery {
-    async fn auction(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<AuctionNode>> {
+    async fn auction(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<AuctionNode>> {
         let s = services(ctx)?;
         let row = views::get_auction(s.store.read_pool(), id.as_str())
             .await
@@ -278,12 +292,20 @@ impl AuctionQuery {
         }
         let before = match after {
             None => None,
-            Some(cursor) => Some(decode_cursor(&cursor).ok_or_else(|| invalid_input("after is not a cursor from this connection"))?),
+            Some(cursor) => Some(
+                decode_cursor(&cursor)
+                    .ok_or_else(|| invalid_input("after is not a cursor from this connection"))?,
+            ),
         };
         let s = services(ctx)?;
-        let (rows, more) = views::list_auctions(s.store.read_pool(), status.map(AuctionStatus::as_str), first as i64, before)
-            .await
-            .map_err(errors::internal)?;
+        let (rows, more) = views::list_auctions(
+            s.store.read_pool(),
+            status.map(AuctionStatus::as_str),
+            first as i64,
+            before,
+        )
+        .await
+        .map_err(errors::internal)?;
         let mut connection = Connection::new(before.is_some(), more);
         connection.edges.extend(rows.into_iter().map(|r| {
             let node = AuctionNode::from_row(r);
@@ -292,7 +314,12 @@ impl AuctionQuery {
         Ok(connection)
     }
 
-    async fn leaderboard(&self, ctx: &Context<'_>, auction_id: ID, #[graphql(default = 10)] top: i32) -> async_graphql::Result<Vec<LeaderboardEntry>> {
+    async fn leaderboard(
+        &self,
+        ctx: &Context<'_>,
+        auction_id: ID,
+        #[graphql(default = 10)] top: i32,
+    ) -> async_graphql::Result<Vec<LeaderboardEntry>> {
         leaderboard_of(ctx, auction_id.as_str(), top).await
     }
 }
@@ -302,8 +329,14 @@ fn encode_cursor(position: i64) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Option<i64> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    String::from_utf8(bytes).ok()?.strip_prefix("auction:")?.parse().ok()
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    String::from_utf8(bytes)
+        .ok()?
+        .strip_prefix("auction:")?
+        .parse()
+        .ok()
 }
 
 #[derive(Default)]
@@ -312,10 +345,15 @@ pub struct AuctionMutation;
 #[Object]
 impl AuctionMutation {
     /// Opens an auction owned by the calling seller.
-    async fn open_auction(&self, ctx: &Context<'_>, input: OpenAuctionInput) -> async_graphql::Result<AuctionNode> {
+    async fn open_auction(
+        &self,
+        ctx: &Context<'_>,
+        input: OpenAuctionInput,
+    ) -> async_graphql::Result<AuctionNode> {
         let actor = require(ctx, &[Role::Seller, Role::Admin])?.clone();
         let command = AuctionCommand::Open {
-            auction_id: AuctionId::parse(uuid::Uuid::now_v7().to_string()).map_err(errors::internal)?,
+            auction_id: AuctionId::parse(uuid::Uuid::now_v7().to_string())
+                .map_err(errors::internal)?,
             seller: actor.sub.clone(),
             title: input.title,
             starting_price: cents("startingPriceCents", input.starting_price_cents)?,
@@ -331,7 +369,11 @@ impl AuctionMutation {
         let s = services(ctx)?;
         let outcome = s
             .auctions
-            .execute(&id, command, CommandContext::new(actor, correlation_id(ctx)))
+            .execute(
+                &id,
+                command,
+                CommandContext::new(actor, correlation_id(ctx)),
+            )
             .await
             .map_err(auction_error)?;
         Ok(AuctionNode::from_summary(&outcome.state, outcome.version))
@@ -339,7 +381,11 @@ impl AuctionMutation {
 
     /// Places a bid; answers with the auction's new state and version as soon as the bid is
     /// durable (clients render it at once and reconcile from `bidPlaced`).
-    async fn place_bid(&self, ctx: &Context<'_>, input: PlaceBidInput) -> async_graphql::Result<BidResult> {
+    async fn place_bid(
+        &self,
+        ctx: &Context<'_>,
+        input: PlaceBidInput,
+    ) -> async_graphql::Result<BidResult> {
         let actor = require(ctx, &[Role::Dealer])?.clone();
         let id = auction_id(&input.auction_id)?;
         let amount = cents("amountCents", input.amount_cents)?;
@@ -357,11 +403,19 @@ impl AuctionMutation {
             now: Utc::now(),
         };
         let mut context = CommandContext::new(actor, correlation_id(ctx));
-        if let AuctionCommand::PlaceBid { client_bid_id: Some(c), .. } = &command {
+        if let AuctionCommand::PlaceBid {
+            client_bid_id: Some(c),
+            ..
+        } = &command
+        {
             context.command_id = format!("bid:{}:{}", context.actor.sub, c);
         }
         let s = services(ctx)?;
-        let outcome = s.auctions.execute(id.as_str(), command, context).await.map_err(auction_error)?;
+        let outcome = s
+            .auctions
+            .execute(id.as_str(), command, context)
+            .await
+            .map_err(auction_error)?;
         metrics::counter!("triad_bids_total", "outcome" => if outcome.events.is_empty() { "duplicate" } else { "accepted" }).increment(1);
         Ok(BidResult {
             accepted: true,
@@ -371,13 +425,24 @@ impl AuctionMutation {
     }
 
     /// Closes an auction now (its seller or an admin); SOLD or UNSOLD by the reserve.
-    async fn close_auction(&self, ctx: &Context<'_>, auction_id: ID) -> async_graphql::Result<AuctionNode> {
+    async fn close_auction(
+        &self,
+        ctx: &Context<'_>,
+        auction_id: ID,
+    ) -> async_graphql::Result<AuctionNode> {
         let actor = require(ctx, &[Role::Seller, Role::Admin])?.clone();
         let id = self::auction_id(&auction_id)?;
         let s = services(ctx)?;
         let outcome = s
             .auctions
-            .execute(id.as_str(), AuctionCommand::Close { by: actor.clone(), now: Utc::now() }, CommandContext::new(actor, correlation_id(ctx)))
+            .execute(
+                id.as_str(),
+                AuctionCommand::Close {
+                    by: actor.clone(),
+                    now: Utc::now(),
+                },
+                CommandContext::new(actor, correlation_id(ctx)),
+            )
             .await
             .map_err(auction_error)?;
         Ok(AuctionNode::from_summary(&outcome.state, outcome.version))
@@ -414,7 +479,11 @@ impl AuctionSubscription {
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<BidPlaced>>> {
         let s = services(ctx)?;
         let id = self::auction_id(&auction_id)?;
-        let (state, _) = s.auctions.load(id.as_str()).await.map_err(errors::internal)?;
+        let (state, _) = s
+            .auctions
+            .load(id.as_str())
+            .await
+            .map_err(errors::internal)?;
         if state.id.is_none() {
             return Err(not_found(format!("no auction {:?}", id.as_str())));
         }
@@ -429,8 +498,17 @@ impl AuctionSubscription {
         };
         Ok(s.tail.events_after(after, filter).map(|item| {
             let recorded = item.map_err(errors::internal)?;
-            match recorded.decode::<AuctionEvent>().map_err(errors::internal)? {
-                AuctionEvent::BidPlaced { bidder, amount, placed_at, ends_at, .. } => Ok(BidPlaced {
+            match recorded
+                .decode::<AuctionEvent>()
+                .map_err(errors::internal)?
+            {
+                AuctionEvent::BidPlaced {
+                    bidder,
+                    amount,
+                    placed_at,
+                    ends_at,
+                    ..
+                } => Ok(BidPlaced {
                     auction_id: ID(recorded.aggregate_id.clone()),
                     amount_cents: amount.get(),
                     bidder_id: ID(bidder.to_string()),

@@ -44,9 +44,13 @@ pub const MAX_DEPTH: usize = 12;
 pub const MAX_COMPLEXITY: usize = 2_000;
 
 pub fn build_schema(services: Option<Services>) -> TriadSchema {
-    let builder = Schema::build(Query::default(), Mutation::default(), Subscription::default())
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY);
+    let builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY);
     match services {
         Some(s) => builder.data(s).finish(),
         None => builder.finish(),
@@ -59,7 +63,8 @@ pub fn sdl() -> String {
 }
 
 pub(crate) fn services<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Services> {
-    ctx.data::<Services>().map_err(|e| errors::internal(e.message))
+    ctx.data::<Services>()
+        .map_err(|e| errors::internal(e.message))
 }
 
 pub(crate) fn caller<'a>(ctx: &'a Context<'_>) -> Option<&'a Actor> {
@@ -74,7 +79,10 @@ pub(crate) fn correlation_id(ctx: &Context<'_>) -> String {
 }
 
 /// The caller, if their role is one of `roles`; FORBIDDEN otherwise (also without a token).
-pub(crate) fn require<'a>(ctx: &'a Context<'_>, roles: &[Role]) -> async_graphql::Result<&'a Actor> {
+pub(crate) fn require<'a>(
+    ctx: &'a Context<'_>,
+    roles: &[Role],
+) -> async_graphql::Result<&'a Actor> {
     match caller(ctx) {
         Some(actor) if roles.contains(&actor.role) => Ok(actor),
         Some(actor) => Err(errors::forbidden(format!(

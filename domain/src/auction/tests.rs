@@ -78,9 +78,18 @@ fn equal_amounts_at_the_same_instant_only_one_wins() {
 #[test]
 fn seller_cannot_bid_and_closed_rejects() {
     let mut a = opened();
-    assert_eq!(exec(&mut a, &bid("seller", 5_000, 1)), Err(AuctionError::OwnAuction));
-    assert_eq!(exec(&mut a, &bid("d1", 5_000, 3_600)), Err(AuctionError::Closed));
-    assert_eq!(Auction::default().decide(&bid("d1", 5_000, 1)), Err(AuctionError::NotFound));
+    assert_eq!(
+        exec(&mut a, &bid("seller", 5_000, 1)),
+        Err(AuctionError::OwnAuction)
+    );
+    assert_eq!(
+        exec(&mut a, &bid("d1", 5_000, 3_600)),
+        Err(AuctionError::Closed)
+    );
+    assert_eq!(
+        Auction::default().decide(&bid("d1", 5_000, 1)),
+        Err(AuctionError::NotFound)
+    );
 }
 
 #[test]
@@ -103,25 +112,60 @@ fn reserve_decides_sold_or_unsold() {
     let mut a = opened();
     exec(&mut a, &bid("d1", 4_000, 1)).unwrap();
     assert_eq!(
-        exec(&mut a, &AuctionCommand::Close { by: system.clone(), now: t(10) }),
+        exec(
+            &mut a,
+            &AuctionCommand::Close {
+                by: system.clone(),
+                now: t(10)
+            }
+        ),
         Err(AuctionError::NotDue { ends_at: t(3_600) })
     );
-    exec(&mut a, &AuctionCommand::Close { by: system.clone(), now: t(3_600) }).unwrap();
+    exec(
+        &mut a,
+        &AuctionCommand::Close {
+            by: system.clone(),
+            now: t(3_600),
+        },
+    )
+    .unwrap();
     assert_eq!(a.status, AuctionStatus::Unsold);
 
     let mut b = opened();
     exec(&mut b, &bid("d1", 5_000, 1)).unwrap();
-    let seller = Actor { sub: user("seller"), role: Role::Seller };
-    let stranger = Actor { sub: user("other"), role: Role::Seller };
+    let seller = Actor {
+        sub: user("seller"),
+        role: Role::Seller,
+    };
+    let stranger = Actor {
+        sub: user("other"),
+        role: Role::Seller,
+    };
     assert_eq!(
-        exec(&mut b, &AuctionCommand::Close { by: stranger, now: t(5) }),
+        exec(
+            &mut b,
+            &AuctionCommand::Close {
+                by: stranger,
+                now: t(5)
+            }
+        ),
         Err(AuctionError::Forbidden)
     );
-    exec(&mut b, &AuctionCommand::Close { by: seller, now: t(5) }).unwrap();
+    exec(
+        &mut b,
+        &AuctionCommand::Close {
+            by: seller,
+            now: t(5),
+        },
+    )
+    .unwrap();
     assert_eq!(b.status, AuctionStatus::Sold);
     assert_eq!(
         b.outcome,
-        Some(CloseOutcome::Sold { winner: user("d1"), amount: Cents::parse("a", 5_000).unwrap() })
+        Some(CloseOutcome::Sold {
+            winner: user("d1"),
+            amount: Cents::parse("a", 5_000).unwrap()
+        })
     );
 }
 
