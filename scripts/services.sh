@@ -25,10 +25,6 @@
 #   TRIAD_SERVICES_BASE_PORT    first port probed for the throwaway cluster (55432)
 set -euo pipefail
 
-# Everything written to stdout by commands (apt-get, pg_ctl, ...) goes to
-# stderr; only the final export line goes to the real stdout (fd 3).
-exec 3>&1 1>&2
-
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEFAULT_URL="${TRIAD_SERVICES_DEFAULT_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 THROWAWAY_DIR="$REPO_ROOT/target/pg-throwaway"
@@ -89,12 +85,9 @@ wait_for() {
     return 1
 }
 
-emit() {
-    local url="$1"
-    ensure_postgis "$url"
-    printf "export TRIAD_TEST_DATABASE_URL='%s'\n" "${url//\'/\'\\\'\'}" >&3
-    exit 0
-}
+RESULT_URL=""
+# found URL : remember URL as the answer (callers then `return 0`).
+found() { RESULT_URL="$1"; }
 
 is_local_url() {
     [[ "$1" =~ ^postgres(ql)?://([^@/]*@)?(127\.0\.0\.1|localhost|\[::1\])?([:/?]|$) ]]
@@ -200,15 +193,15 @@ try_distro_cluster() {
         sleep 0.25
         tries=$((tries - 1))
     done
-    pg_answers "$DEFAULT_URL" && emit "$DEFAULT_URL"
-    pg_answers "$url" && emit "$url"
+    pg_answers "$DEFAULT_URL" && found "$DEFAULT_URL" && return 0
+    pg_answers "$url" && found "$url" && return 0
 
     # Running but refusing us: allow trust for postgres over 127.0.0.1.
     if ensure_hba_trust "/etc/postgresql/$ver/main/pg_hba.conf"; then
         pg_ctlcluster --skip-systemctl-redirect "$ver" main reload 2>&1 || service postgresql reload 2>&1 || true
         sleep 0.5
-        wait_for "$DEFAULT_URL" 3 && emit "$DEFAULT_URL"
-        pg_answers "$url" && emit "$url"
+        wait_for "$DEFAULT_URL" 3 && found "$DEFAULT_URL" && return 0
+        pg_answers "$url" && found "$url" && return 0
     fi
     log "distro cluster $ver/main did not answer"
     return 1
@@ -308,7 +301,8 @@ start_throwaway() {
         url="postgres://postgres@127.0.0.1:$pidport/postgres"
         if wait_for "$url" 5; then
             log "reusing throwaway cluster in $dir (port $pidport)"
-            emit "$url"
+            found "$url"
+            return 0
         fi
         log "throwaway cluster in $dir runs but does not answer; restarting it"
         as_owner "$bindir/pg_ctl" -D "$data" -m fast -w stop || true
@@ -348,34 +342,47 @@ EOF
     fi
     url="postgres://postgres@127.0.0.1:$port/postgres"
     wait_for "$url" 15 || die "throwaway cluster started but does not answer on $url"
-    emit "$url"
+    found "$url"
 }
 
 # ---------------------------------------------------------------- main
-command -v psql >/dev/null 2>&1 || {
-    if can_apt; then
-        log "psql missing; installing postgresql-client"
-        apt_install postgresql-client || die "could not install postgresql-client"
-    else
-        die "psql not found; install the PostgreSQL client"
+find_server() {
+    command -v psql >/dev/null 2>&1 || {
+        if can_apt; then
+            log "psql missing; installing postgresql-client"
+            apt_install postgresql-client || die "could not install postgresql-client"
+        else
+            die "psql not found; install the PostgreSQL client"
+        fi
+    }
+
+    # (a)
+    if [ -n "${TRIAD_TEST_DATABASE_URL:-}" ]; then
+        pg_answers "$TRIAD_TEST_DATABASE_URL" && found "$TRIAD_TEST_DATABASE_URL" && return 0
+        log "TRIAD_TEST_DATABASE_URL is set but does not answer; trying others"
     fi
+
+    # (b)
+    pg_answers "$DEFAULT_URL" && found "$DEFAULT_URL" && return 0
+
+    # (c)
+    if can_apt; then
+        try_distro_cluster && return 0
+        log "could not use the distro cluster; falling back to a throwaway cluster"
+    fi
+
+    # (d)
+    start_throwaway
 }
 
-# (a)
-if [ -n "${TRIAD_TEST_DATABASE_URL:-}" ]; then
-    if pg_answers "$TRIAD_TEST_DATABASE_URL"; then
-        emit "$TRIAD_TEST_DATABASE_URL"
-    fi
-    log "TRIAD_TEST_DATABASE_URL is set but does not answer; trying others"
-fi
+main() {
+    find_server
+    [ -n "$RESULT_URL" ] || die "no PostgreSQL server found"
+    ensure_postgis "$RESULT_URL"
+}
 
-# (b)
-pg_answers "$DEFAULT_URL" && emit "$DEFAULT_URL"
-
-# (c)
-if can_apt; then
-    try_distro_cluster || log "could not use the distro cluster; falling back to a throwaway cluster"
-fi
-
-# (d)
-start_throwaway
+# Run everything with stdout sent to stderr: apt-get, pg_ctl etc. print there,
+# and no child (notably the postgres daemon) inherits the caller's stdout, so
+# `$(scripts/services.sh)` returns as soon as this script exits.
+main >&2
+printf "export TRIAD_TEST_DATABASE_URL='%s'\n" "${RESULT_URL//\'/\'\\\'\'}"
