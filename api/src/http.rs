@@ -3,9 +3,8 @@
 use crate::auth::Auth;
 use crate::errors;
 use crate::graphql::{Caller, TriadSchema};
-use async_graphql::http::{GraphiQLSource, ALL_WEBSOCKET_PROTOCOLS};
-use async_graphql::Data;
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use crate::ws::{self, engine::Engine, protocol::Protocol, WsConfig};
+use async_graphql::http::GraphiQLSource;
 use axum::body::Bytes;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -14,7 +13,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
-use std::time::Duration;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use triad_eventstore::{EventStore, LogTail};
 use triad_projections::ProjectionRunner;
@@ -34,6 +32,8 @@ pub struct AppState {
     pub tail: Arc<LogTail>,
     pub runner: Arc<ProjectionRunner>,
     pub metrics: PrometheusHandle,
+    pub engine: Arc<Engine>,
+    pub ws: WsConfig,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -102,37 +102,12 @@ async fn graphql_post(State(app): State<AppState>, headers: HeaderMap, body: Byt
     Json(response).into_response()
 }
 
-async fn graphql_ws(
-    State(app): State<AppState>,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let schema = app.schema.clone();
-    let auth = app.auth.clone();
-    upgrade
+async fn graphql_ws(State(app): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    let upgrade = upgrade
         .read_buffer_size(WS_READ_BUFFER)
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| async move {
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let header = payload
-                        .get("Authorization")
-                        .or_else(|| payload.get("authorization"))
-                        .and_then(|v| v.as_str());
-                    let actor = auth
-                        .from_header(header)
-                        .map_err(|e| errors::unauthenticated(e.to_string()))?;
-                    let mut data = Data::default();
-                    data.insert(Caller {
-                        actor,
-                        request_id: uuid::Uuid::now_v7().to_string(),
-                    });
-                    Ok(data)
-                })
-                .keepalive_timeout(Duration::from_secs(30))
-                .serve()
-                .await
-        })
+        .protocols(ws::protocol::SUBPROTOCOLS);
+    let protocol = Protocol::from_header(upgrade.selected_protocol().and_then(|p| p.to_str().ok()));
+    upgrade.on_upgrade(move |socket| ws::serve(socket, protocol, app.engine, app.auth, app.ws))
 }
 
 async fn readyz(State(app): State<AppState>) -> Response {

@@ -10,5 +10,6 @@ pub mod graphql;
 pub mod http;
 pub mod scheduler;
 pub mod server;
+pub mod ws;
 
 pub use server::{Server, ServerConfig};

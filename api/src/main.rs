@@ -89,6 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 store,
                 listen,
                 jwt_secret: secret.clone(),
+                ws: Default::default(),
             })
             .await
             .context("starting the server")?;

@@ -4,6 +4,8 @@ use crate::auth::Auth;
 use crate::graphql::{build_schema, Services};
 use crate::http::{router, AppState};
 use crate::scheduler;
+use crate::ws::{engine::Engine, WsConfig};
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +21,7 @@ pub struct ServerConfig {
     pub store: StoreUrl,
     pub listen: SocketAddr,
     pub jwt_secret: String,
+    pub ws: WsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +83,10 @@ impl Server {
             auctions: auctions.clone(),
             tail: tail.clone(),
         }));
+        let engine = Engine::new(schema.clone(), tail.clone(), config.ws.outbox_capacity);
         let state = AppState {
+            engine,
+            ws: config.ws.clone(),
             schema,
             auth: Arc::new(Auth::new(&config.jwt_secret)),
             store: store.clone(),
@@ -102,6 +108,10 @@ impl Server {
                 source,
             })?;
         let app = router(state);
+        // Small frames, latency-bound: never wait for Nagle.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let http = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "http server stopped");

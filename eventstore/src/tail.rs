@@ -68,6 +68,47 @@ impl LogTail {
         &self.store
     }
 
+    /// Stored events matching `filter` with `after < position <= upto`, in order; then the
+    /// stream ends.
+    pub fn events_between(
+        &self,
+        after: Position,
+        upto: Position,
+        filter: LogFilter,
+    ) -> BoxStream<'static, Result<Arc<RecordedEvent>, StoreError>> {
+        let store = self.store.clone();
+        stream::unfold(
+            (store, after, std::collections::VecDeque::new(), false),
+            move |(store, mut next_after, mut page, mut exhausted)| {
+                let filter = filter.clone();
+                async move {
+                    loop {
+                        if let Some(e) = page.pop_front() {
+                            return Some((Ok(e), (store, next_after, page, exhausted)));
+                        }
+                        if exhausted || next_after >= upto {
+                            return None;
+                        }
+                        match store.read(next_after + 1, CATCH_UP_PAGE, &filter).await {
+                            Ok(events) => {
+                                exhausted = (events.len() as i64) < CATCH_UP_PAGE;
+                                next_after = events.last().map_or(upto, |e| e.position);
+                                page.extend(
+                                    events
+                                        .into_iter()
+                                        .filter(|e| e.position <= upto)
+                                        .map(Arc::new),
+                                );
+                            }
+                            Err(e) => return Some((Err(e), (store, next_after, page, true))),
+                        }
+                    }
+                }
+            },
+        )
+        .boxed()
+    }
+
     /// Every event matching `filter` with a position greater than `after`, in order, without
     /// gaps or duplicates: stored events first (read from the store), then live ones from the
     /// shared tail. A receiver that falls behind the shared buffer re-reads the store.

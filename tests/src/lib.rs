@@ -22,6 +22,7 @@ pub async fn start_server(db: &TestDb) -> Arc<Server> {
             store: db.url.parse().expect("test store url"),
             listen: "127.0.0.1:0".parse().expect("listen address"),
             jwt_secret: JWT_SECRET.to_string(),
+            ws: Default::default(),
         })
         .await
         .expect("server starts"),

@@ -487,17 +487,14 @@ impl AuctionSubscription {
         if state.id.is_none() {
             return Err(not_found(format!("no auction {:?}", id.as_str())));
         }
-        if after.is_some_and(|a| a < 0) {
-            return Err(invalid_input("after must not be negative"));
-        }
-        let after = after.unwrap_or_else(|| s.tail.head());
         let filter = LogFilter {
             aggregate_type: Some(Auction::TYPE.to_string()),
             aggregate_id: Some(id.to_string()),
             event_types: vec!["BidPlaced".to_string()],
         };
-        Ok(s.tail.events_after(after, filter).map(|item| {
-            let recorded = item.map_err(errors::internal)?;
+        let events = super::live::events(ctx, &s.tail, after, filter)?;
+        Ok(events.map(|item| {
+            let recorded = item?;
             match recorded
                 .decode::<AuctionEvent>()
                 .map_err(errors::internal)?

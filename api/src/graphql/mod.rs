@@ -5,6 +5,7 @@
 //! failure through `crate::errors`. They hold no business rules.
 
 pub mod auctions;
+pub mod live;
 
 use crate::errors;
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
