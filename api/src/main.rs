@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 listen,
                 jwt_secret: secret.clone(),
                 ws: Default::default(),
+                tcp_send_buffer: None,
             })
             .await
             .context("starting the server")?;

@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub jwt_secret: String,
     pub ws: WsConfig,
+    /// SO_SNDBUF for accepted sockets; `None` leaves the kernel's autotuning alone. Tests set
+    /// it small to make a stalled consumer's backlog reach the outbox quickly.
+    pub tcp_send_buffer: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,7 @@ pub struct Server {
     pub store: EventStore,
     pub auctions: Arc<AggregateStore<Auction>>,
     pub runner: Arc<ProjectionRunner>,
+    pub engine: Arc<Engine>,
     http: JoinHandle<()>,
     scheduler: JoinHandle<()>,
 }
@@ -85,7 +89,7 @@ impl Server {
         }));
         let engine = Engine::new(schema.clone(), tail.clone(), config.ws.outbox_capacity);
         let state = AppState {
-            engine,
+            engine: engine.clone(),
             ws: config.ws.clone(),
             schema,
             auth: Arc::new(Auth::new(&config.jwt_secret)),
@@ -109,8 +113,12 @@ impl Server {
             })?;
         let app = router(state);
         // Small frames, latency-bound: never wait for Nagle.
-        let listener = listener.tap_io(|tcp| {
+        let send_buffer = config.tcp_send_buffer;
+        let listener = listener.tap_io(move |tcp| {
             let _ = tcp.set_nodelay(true);
+            if let Some(size) = send_buffer {
+                let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(size);
+            }
         });
         let http = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -124,6 +132,7 @@ impl Server {
             store,
             auctions,
             runner,
+            engine,
             http,
             scheduler,
         })

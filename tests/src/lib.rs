@@ -17,12 +17,22 @@ pub const JWT_SECRET: &str = DEV_SECRET;
 
 /// Starts the real server (HTTP on 127.0.0.1, random port) over `db`.
 pub async fn start_server(db: &TestDb) -> Arc<Server> {
+    start_server_with(db, Default::default(), None).await
+}
+
+/// [`start_server`] with WebSocket limits and a socket send buffer of the test's choosing.
+pub async fn start_server_with(
+    db: &TestDb,
+    ws: triad_api::ws::WsConfig,
+    tcp_send_buffer: Option<usize>,
+) -> Arc<Server> {
     Arc::new(
         Server::start(ServerConfig {
             store: db.url.parse().expect("test store url"),
             listen: "127.0.0.1:0".parse().expect("listen address"),
             jwt_secret: JWT_SECRET.to_string(),
-            ws: Default::default(),
+            ws,
+            tcp_send_buffer,
         })
         .await
         .expect("server starts"),

@@ -126,3 +126,70 @@ impl Subscription {
         let _ = self.socket.close(None).await;
     }
 }
+
+/// A raw connection for protocol-level tests: any subprotocol, any number of operations,
+/// and optionally a tiny receive buffer (to play a consumer that stalls).
+pub struct Conn {
+    socket: Socket,
+}
+
+impl Conn {
+    pub async fn open(
+        addr: std::net::SocketAddr,
+        subprotocol: &str,
+        recv_buffer: Option<u32>,
+    ) -> Conn {
+        let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(size) = recv_buffer {
+            tcp.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let stream = tcp.connect(addr).await.expect("connect");
+        let mut request = format!("ws://{addr}/graphql/ws")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            subprotocol.parse().expect("header"),
+        );
+        let (socket, _) = tokio_tungstenite::client_async(
+            request,
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("upgrade");
+        Conn { socket }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn init(&mut self, token: Option<&str>) {
+        let payload = token.map_or(
+            json!({}),
+            |t| json!({ "Authorization": format!("Bearer {t}") }),
+        );
+        self.send(json!({ "type": "connection_init", "payload": payload }))
+            .await;
+    }
+
+    /// The next text message as JSON, or the close code (`Err`), or `None` after `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Result<Value, Option<u16>>> {
+        loop {
+            match tokio::time::timeout(timeout, self.socket.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(Err(None)),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Some(Ok(serde_json::from_str(&t).unwrap_or(Value::Null)))
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Some(Err(frame.map(|f| u16::from(f.code))))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}

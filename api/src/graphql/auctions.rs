@@ -464,6 +464,18 @@ pub struct BidPlaced {
     pub version: i64,
 }
 
+/// The calling dealer has just been outbid.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct Outbid {
+    pub auction_id: ID,
+    /// The calling dealer's bid that is no longer the highest.
+    pub your_amount_cents: i64,
+    /// The new highest bid.
+    pub amount_cents: i64,
+    pub position: i64,
+    pub placed_at: DateTime<Utc>,
+}
+
 #[derive(Default)]
 pub struct AuctionSubscription;
 
@@ -516,6 +528,85 @@ impl AuctionSubscription {
                 }),
                 _ => Err(errors::internal("unexpected event in bid stream")),
             }
+        }))
+    }
+
+    /// Tells a dealer (and only that dealer) each time their highest bid is beaten.
+    async fn outbid(
+        &self,
+        ctx: &Context<'_>,
+        auction_id: ID,
+        after: Option<i64>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Outbid>>> {
+        let me = require(ctx, &[Role::Dealer])?.sub.clone();
+        let s = services(ctx)?;
+        let id = self::auction_id(&auction_id)?;
+        let (state, _) = s
+            .auctions
+            .load(id.as_str())
+            .await
+            .map_err(errors::internal)?;
+        if state.id.is_none() {
+            return Err(not_found(format!("no auction {:?}", id.as_str())));
+        }
+        let filter = LogFilter {
+            aggregate_type: Some(Auction::TYPE.to_string()),
+            aggregate_id: Some(id.to_string()),
+            event_types: vec!["BidPlaced".to_string()],
+        };
+        let window = super::live::window(ctx, &s.tail, after)?;
+        // Who held the highest bid when the window starts.
+        let mut holder: Option<(String, i64)> = None;
+        let mut from = 1;
+        'scan: loop {
+            let page = s
+                .store
+                .read(from, 1_000, &filter)
+                .await
+                .map_err(errors::internal)?;
+            for e in &page {
+                if e.position > window.from {
+                    break 'scan;
+                }
+                if let AuctionEvent::BidPlaced { bidder, amount, .. } =
+                    e.decode::<AuctionEvent>().map_err(errors::internal)?
+                {
+                    holder = Some((bidder.to_string(), amount.get()));
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 1_000 => from = last.position + 1,
+                _ => break,
+            }
+        }
+        let me = me.to_string();
+        Ok(window.stream(&s.tail, filter).filter_map(move |item| {
+            let result = (|| {
+                let recorded = item?;
+                let AuctionEvent::BidPlaced {
+                    bidder,
+                    amount,
+                    placed_at,
+                    ..
+                } = recorded
+                    .decode::<AuctionEvent>()
+                    .map_err(errors::internal)?
+                else {
+                    return Ok(None);
+                };
+                let previous = holder.replace((bidder.to_string(), amount.get()));
+                Ok(match previous {
+                    Some((who, mine)) if who == me && bidder.as_str() != me => Some(Outbid {
+                        auction_id: ID(recorded.aggregate_id.clone()),
+                        your_amount_cents: mine,
+                        amount_cents: amount.get(),
+                        position: recorded.position,
+                        placed_at,
+                    }),
+                    _ => None,
+                })
+            })();
+            futures::future::ready(result.transpose())
         }))
     }
 }

@@ -26,7 +26,10 @@ pub enum Sharing {
 
 /// Subscription fields the engine groups, and how. Fields not listed run one execution per
 /// subscriber (correct, just not shared).
-pub const LIVE_FIELDS: &[(&str, Sharing)] = &[("bidPlaced", Sharing::Public)];
+pub const LIVE_FIELDS: &[(&str, Sharing)] = &[
+    ("bidPlaced", Sharing::Public),
+    ("outbid", Sharing::PerActor),
+];
 
 /// The argument that resumes a subscription from a log position.
 pub const RESUME_ARGUMENT: &str = "after";
@@ -58,37 +61,79 @@ impl GroupFeed {
 #[derive(Debug, Clone, Copy)]
 pub struct ReplayUpTo(pub Position);
 
-/// The events a subscription resolver should turn into items: after `after` (or from now),
-/// as the engine's context data asks.
+/// Which part of the log a subscription execution covers, as the engine asked (or, without
+/// the engine, from `after` or from now on).
+#[derive(Debug, Clone)]
+pub struct Window {
+    /// Events after this position are delivered.
+    pub from: Position,
+    upto: Option<Position>,
+    feed: Option<GroupFeed>,
+}
+
+pub fn window(
+    ctx: &Context<'_>,
+    tail: &Arc<LogTail>,
+    after: Option<Position>,
+) -> async_graphql::Result<Window> {
+    if after.is_some_and(|a| a < 0) {
+        return Err(errors::invalid_input("after must not be negative"));
+    }
+    if let Some(ReplayUpTo(upto)) = ctx.data_opt::<ReplayUpTo>().copied() {
+        return Ok(Window {
+            from: after.unwrap_or(upto),
+            upto: Some(upto),
+            feed: None,
+        });
+    }
+    if let Some(feed) = ctx.data_opt::<GroupFeed>().cloned() {
+        return Ok(Window {
+            from: feed.start,
+            upto: None,
+            feed: Some(feed),
+        });
+    }
+    Ok(Window {
+        from: after.unwrap_or_else(|| tail.head()),
+        upto: None,
+        feed: None,
+    })
+}
+
+impl Window {
+    /// The window's events matching `filter`, in order.
+    pub fn stream(
+        self,
+        tail: &Arc<LogTail>,
+        filter: LogFilter,
+    ) -> BoxStream<'static, async_graphql::Result<Arc<RecordedEvent>>> {
+        match (self.upto, self.feed) {
+            (Some(upto), _) => tail
+                .events_between(self.from, upto, filter)
+                .map(|e| e.map_err(errors::internal))
+                .boxed(),
+            (None, Some(feed)) => tail
+                .events_after(self.from, filter)
+                .map(move |e| {
+                    let e = e.map_err(errors::internal)?;
+                    feed.last.store(e.position, Ordering::Release);
+                    Ok(e)
+                })
+                .boxed(),
+            (None, None) => tail
+                .events_after(self.from, filter)
+                .map(|e| e.map_err(errors::internal))
+                .boxed(),
+        }
+    }
+}
+
+/// The events a subscription resolver should turn into items (see [`window`]).
 pub fn events(
     ctx: &Context<'_>,
     tail: &Arc<LogTail>,
     after: Option<Position>,
     filter: LogFilter,
 ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<Arc<RecordedEvent>>>> {
-    if after.is_some_and(|a| a < 0) {
-        return Err(errors::invalid_input("after must not be negative"));
-    }
-    if let Some(ReplayUpTo(upto)) = ctx.data_opt::<ReplayUpTo>().copied() {
-        let from = after.unwrap_or(upto);
-        return Ok(tail
-            .events_between(from, upto, filter)
-            .map(|e| e.map_err(errors::internal))
-            .boxed());
-    }
-    if let Some(feed) = ctx.data_opt::<GroupFeed>().cloned() {
-        return Ok(tail
-            .events_after(feed.start, filter)
-            .map(move |e| {
-                let e = e.map_err(errors::internal)?;
-                feed.last.store(e.position, Ordering::Release);
-                Ok(e)
-            })
-            .boxed());
-    }
-    let from = after.unwrap_or_else(|| tail.head());
-    Ok(tail
-        .events_after(from, filter)
-        .map(|e| e.map_err(errors::internal))
-        .boxed())
+    Ok(window(ctx, tail, after)?.stream(tail, filter))
 }
