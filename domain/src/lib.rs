@@ -7,10 +7,14 @@
 //! commands without cloning state.
 
 pub mod actor;
+pub mod alerting;
 pub mod auction;
 pub mod decider;
 pub mod ids;
 pub mod money;
+pub mod patient;
+pub mod personal;
+pub mod vitals;
 
 pub use actor::{Actor, Role};
 pub use decider::Decider;

@@ -21,6 +21,10 @@ pub enum StoreError {
     },
     #[error("persistence: {0}")]
     Persistence(String),
+    #[error("encryption: {0}")]
+    Crypto(String),
+    #[error("subject {0} has been erased; nothing more can be stored for it")]
+    Shredded(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -13,6 +13,7 @@
 //! under a lock (see `schema.rs`), so position order is commit order and the visible log is
 //! always a gap-free prefix.
 
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod executor;
@@ -26,6 +27,6 @@ pub mod url;
 pub use error::StoreError;
 pub use executor::{AggregateStore, CommandContext, CommandError, Committed, Outcome};
 pub use record::{EventMetadata, Position, RecordedEvent};
-pub use store::EventStore;
+pub use store::{EventStore, StoreOptions};
 pub use tail::LogTail;
 pub use url::StoreUrl;

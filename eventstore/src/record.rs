@@ -34,6 +34,9 @@ pub struct RecordedEvent {
     pub payload: serde_json::Value,
     pub metadata: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
+    /// Its personal fields were crypto-shredded (erasure): they read as `null`.
+    #[serde(default)]
+    pub shredded: bool,
 }
 
 impl RecordedEvent {

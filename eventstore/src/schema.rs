@@ -23,9 +23,10 @@ pub struct Migration {
     pub sqlite: &'static str,
 }
 
-pub(crate) const EVENT_STORE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    postgres: r#"
+pub(crate) const EVENT_STORE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        postgres: r#"
 CREATE TABLE IF NOT EXISTS events (
     aggregate_type text   NOT NULL,
     aggregate_id   text   NOT NULL,
@@ -75,7 +76,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
 );
 "#,
-    sqlite: r#"
+        sqlite: r#"
 CREATE TABLE IF NOT EXISTS events (
     aggregate_type text    NOT NULL,
     aggregate_id   text    NOT NULL,
@@ -104,7 +105,27 @@ CREATE TABLE IF NOT EXISTS snapshots (
     PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        postgres: r#"
+CREATE TABLE IF NOT EXISTS subject_keys (
+    subject_id  text PRIMARY KEY,
+    wrapped     bytea,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    shredded_at timestamptz
+);
+"#,
+        sqlite: r#"
+CREATE TABLE IF NOT EXISTS subject_keys (
+    subject_id  text PRIMARY KEY,
+    wrapped     blob,
+    created_at  text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    shredded_at text
+);
+"#,
+    },
+];
 
 /// Applies the component's migrations that are not yet recorded, each in its own transaction.
 /// Safe to run from many processes at once: PostgreSQL serializes them with an advisory lock,

@@ -1,5 +1,6 @@
 //! [`EventStore`]: connection, schema, and the global log (read and subscribe).
 
+use crate::crypto::{self, Keyring, MasterKey, Protection};
 use crate::db::{self, Db};
 use crate::error::StoreError;
 use crate::record::{Position, RecordedEvent};
@@ -66,6 +67,8 @@ struct Inner {
     read_pool: AnyPool,
     repo: Repo,
     upcasters: Upcasters,
+    protection: Protection,
+    keyring: Keyring,
     /// Bumped whenever this process appends or PostgreSQL notifies an append elsewhere.
     appended: watch::Sender<u64>,
     listener: Option<JoinHandle<()>>,
@@ -91,13 +94,38 @@ impl std::fmt::Debug for EventStore {
     }
 }
 
+/// How payloads are transformed on their way in and out.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub upcasters: Upcasters,
+    pub protection: Protection,
+    pub master_key: MasterKey,
+}
+
+impl StoreOptions {
+    /// Every domain's personal-field declarations; the master key from TRIAD_MASTER_KEY.
+    pub fn from_env() -> Result<Self, StoreError> {
+        Ok(StoreOptions {
+            upcasters: Upcasters::default(),
+            protection: Protection::new(triad_domain::patient::PROTECTED),
+            master_key: MasterKey::from_env()?,
+        })
+    }
+}
+
 impl EventStore {
-    /// Connects, creates or migrates the schema, and starts listening for appends.
+    /// Connects with [`StoreOptions::from_env`], creates or migrates the schema, and starts
+    /// listening for appends.
     pub async fn connect(url: &StoreUrl) -> Result<Self, StoreError> {
-        Self::connect_with(url, Upcasters::default()).await
+        Self::connect_with(url, StoreOptions::from_env()?).await
     }
 
-    pub async fn connect_with(url: &StoreUrl, upcasters: Upcasters) -> Result<Self, StoreError> {
+    pub async fn connect_with(url: &StoreUrl, options: StoreOptions) -> Result<Self, StoreError> {
+        let StoreOptions {
+            upcasters,
+            protection,
+            master_key,
+        } = options;
         let (db, read_pool) = db::connect(url).await?;
         schema::migrate(&db, "eventstore", EVENT_STORE_MIGRATIONS).await?;
         let (appended, _) = watch::channel(0u64);
@@ -108,9 +136,12 @@ impl EventStore {
             ),
             Db::Sqlite(pool) => (Repo::Sqlite(SqliteEventRepository::new(pool.clone())), None),
         };
+        let keyring = Keyring::new(db.clone(), &master_key);
         Ok(EventStore {
             inner: Arc::new(Inner {
                 url: url.clone(),
+                keyring,
+                protection,
                 db,
                 read_pool,
                 repo,
@@ -257,10 +288,34 @@ impl EventStore {
                     .collect::<Result<Vec<_>, sqlx::Error>>()?
             }
         };
-        Ok(rows.into_iter().map(|row| self.to_recorded(row)).collect())
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.to_recorded(row).await?);
+        }
+        Ok(out)
     }
 
-    fn to_recorded(&self, row: RawRow) -> RecordedEvent {
+    /// Decrypts personal fields (or marks them shredded); `true` when shredded.
+    async fn open_personal(&self, e: &mut SerializedEvent) -> Result<bool, StoreError> {
+        let Some((subject, pointers)) =
+            self.inner
+                .protection
+                .lookup(&e.aggregate_type, &e.aggregate_id, &e.event_type)
+        else {
+            return Ok(false);
+        };
+        let subject = subject.to_string();
+        let pointers: Vec<&str> = pointers.to_vec();
+        let key = self.inner.keyring.for_read(&subject).await?;
+        crypto::open(&mut e.payload, &pointers, key.as_deref(), &subject)
+    }
+
+    /// Destroys a subject's data key: its personal fields become unreadable everywhere.
+    pub async fn shred(&self, subject: &str) -> Result<(), StoreError> {
+        self.inner.keyring.shred(subject).await
+    }
+
+    async fn to_recorded(&self, row: RawRow) -> Result<RecordedEvent, StoreError> {
         let serialized = SerializedEvent::new(
             row.aggregate_id,
             row.sequence as usize,
@@ -270,8 +325,9 @@ impl EventStore {
             row.payload,
             row.metadata,
         );
-        let e = self.inner.upcasters.upcast(serialized);
-        RecordedEvent {
+        let mut e = self.inner.upcasters.upcast(serialized);
+        let shredded = self.open_personal(&mut e).await?;
+        Ok(RecordedEvent {
             position: row.position,
             aggregate_type: e.aggregate_type,
             aggregate_id: e.aggregate_id,
@@ -281,7 +337,8 @@ impl EventStore {
             payload: e.payload,
             metadata: e.metadata,
             recorded_at: row.recorded_at,
-        }
+            shredded,
+        })
     }
 
     /// The log from `from` on: everything already stored, then each new event as it commits.
@@ -359,10 +416,13 @@ impl EventStore {
             Repo::Sqlite(r) if after_sequence == 0 => r.get_events::<A>(aggregate_id).await?,
             Repo::Sqlite(r) => r.get_last_events::<A>(aggregate_id, after_sequence).await?,
         };
-        Ok(events
-            .into_iter()
-            .map(|e| self.inner.upcasters.upcast(e))
-            .collect())
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let mut e = self.inner.upcasters.upcast(e);
+            self.open_personal(&mut e).await?;
+            out.push(e);
+        }
+        Ok(out)
     }
 
     /// Appends in one transaction; a sequence already taken is [`StoreError::Conflict`].
@@ -370,6 +430,19 @@ impl EventStore {
         &self,
         events: &[SerializedEvent],
     ) -> Result<(), StoreError> {
+        let mut sealed = events.to_vec();
+        for e in &mut sealed {
+            let found = self
+                .inner
+                .protection
+                .lookup(&e.aggregate_type, &e.aggregate_id, &e.event_type)
+                .map(|(subject, pointers)| (subject.to_string(), pointers.to_vec()));
+            if let Some((subject, pointers)) = found {
+                let key = self.inner.keyring.for_write(&subject).await?;
+                crypto::seal(&mut e.payload, &pointers, &key, &subject)?;
+            }
+        }
+        let events = &sealed;
         match &self.inner.repo {
             Repo::Postgres(r) => r.persist::<A>(events, None).await?,
             Repo::Sqlite(r) => r.persist::<A>(events, None).await?,
