@@ -55,20 +55,25 @@ pub async fn checkpoint(pool: &AnyPool, name: &str) -> Result<Position, Projecti
     Ok(position.unwrap_or(0))
 }
 
-async fn save_checkpoint(
+/// Moves the checkpoint from `expected` to `position`, first thing in the batch's
+/// transaction. The row lock serializes runners of the same projection in several replicas,
+/// and a runner whose `expected` is stale (another replica got there first) gets `false` and
+/// must not apply anything: every event takes effect once, however many replicas run.
+async fn advance_checkpoint(
     tx: &mut Transaction<'static, Any>,
     name: &str,
+    expected: Position,
     position: Position,
-) -> Result<(), ProjectionError> {
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, $2) \
-         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+) -> Result<bool, ProjectionError> {
+    let moved = sqlx::query(
+        "UPDATE projection_checkpoints SET position = $1 WHERE name = $2 AND position = $3",
     )
-    .bind(name)
     .bind(position)
+    .bind(name)
+    .bind(expected)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(moved.rows_affected() == 1)
 }
 
 /// Runs projections in the background; dropping it stops them.
@@ -96,6 +101,10 @@ impl ProjectionRunner {
         let mut tasks = vec![];
         for p in projections {
             store.migrate(p.name(), p.migrations()).await?;
+            sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
+                .bind(p.name())
+                .execute(store.read_pool())
+                .await?;
             let from = checkpoint(store.read_pool(), p.name()).await?;
             let (tx, rx) = watch::channel(from);
             progress.insert(p.name(), rx);
@@ -136,13 +145,26 @@ async fn run(
         let from = *progress.borrow() + 1;
         let mut log = store.subscribe_all(from).ready_chunks(BATCH);
         while let Some(chunk) = log.next().await {
-            match apply_batch(&store, projection.as_ref(), chunk).await {
-                Ok(Some(position)) => {
+            let expected = *progress.borrow();
+            match apply_batch(&store, projection.as_ref(), expected, chunk).await {
+                Ok(Batch::Applied(position)) => {
                     metrics::gauge!("triad_projection_position", "projection" => name)
                         .set(position as f64);
                     progress.send_replace(position);
                 }
-                Ok(None) => {}
+                Ok(Batch::Empty) => {}
+                Ok(Batch::Overtaken) => {
+                    // Another replica applied these events: continue from its checkpoint.
+                    match checkpoint(store.read_pool(), name).await {
+                        Ok(p) => {
+                            progress.send_replace(p);
+                        }
+                        Err(e) => {
+                            tracing::warn!(projection = name, error = %e, "cannot read checkpoint")
+                        }
+                    }
+                    break;
+                }
                 Err(e) => {
                     metrics::counter!("triad_projection_errors_total", "projection" => name)
                         .increment(1);
@@ -155,35 +177,41 @@ async fn run(
     }
 }
 
-/// Applies a chunk of the log in one transaction with the checkpoint; returns the new
-/// checkpoint. A read error inside the chunk commits what came before it.
+enum Batch {
+    Applied(Position),
+    Empty,
+    Overtaken,
+}
+
+/// Applies a chunk of the log in one transaction with the checkpoint. A read error inside
+/// the chunk applies what came before it.
 async fn apply_batch(
     store: &EventStore,
     projection: &dyn Projection,
+    expected: Position,
     chunk: Vec<Result<RecordedEvent, StoreError>>,
-) -> Result<Option<Position>, ProjectionError> {
-    let mut tx = store.read_pool().begin().await?;
-    let mut last = None;
-    let mut failure = None;
+) -> Result<Batch, ProjectionError> {
+    let mut events = Vec::with_capacity(chunk.len());
     for item in chunk {
         match item {
-            Ok(event) => {
-                projection.apply(&mut tx, &event).await?;
-                last = Some(event.position);
-            }
+            Ok(e) => events.push(e),
             Err(e) => {
-                failure = Some(e);
+                // The log stream retries by itself after a pause.
+                tracing::warn!(projection = projection.name(), error = %e, "log read failed");
                 break;
             }
         }
     }
-    if let Some(position) = last {
-        save_checkpoint(&mut tx, projection.name(), position).await?;
-        tx.commit().await?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(Batch::Empty);
+    };
+    let mut tx = store.read_pool().begin().await?;
+    if !advance_checkpoint(&mut tx, projection.name(), expected, last).await? {
+        return Ok(Batch::Overtaken);
     }
-    if let Some(e) = failure {
-        // The log stream retries by itself after a pause; what came before is committed.
-        tracing::warn!(projection = projection.name(), error = %e, "log read failed");
+    for event in &events {
+        projection.apply(&mut tx, event).await?;
     }
-    Ok(last)
+    tx.commit().await?;
+    Ok(Batch::Applied(last))
 }

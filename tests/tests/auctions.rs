@@ -638,3 +638,41 @@ async fn health_ready_and_metrics() {
         .unwrap();
     assert!(graphiql.to_lowercase().contains("graphiql"));
 }
+
+/// Two replicas over one PostgreSQL: a watcher on one sees bids placed through the other,
+/// and the shared read model applies every event once (not once per replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_log() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let a = start_server(&db).await;
+    let b = start_server(&db).await;
+    let on_a = Client::new(a.addr, None);
+    let seller = on_a.with_token(Some(token("seller-1", Role::Seller)));
+    let id = open_auction(&seller, 1_000, 100, 0, 3_600).await;
+    let mut watcher = ws::subscribe(b.addr, None, BID_PLACED, json!({ "id": id }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let on_b = Client::new(b.addr, None);
+    for i in 0..20 {
+        let via = if i % 2 == 0 { &on_a } else { &on_b };
+        place_bid(&dealer(via, i), &id, 1_000 + i as i64 * 100, None)
+            .await
+            .ok();
+    }
+    let got = watcher.take(20, Duration::from_secs(10)).await;
+    let amounts: Vec<i64> = got
+        .iter()
+        .map(|v| v["data"]["bidPlaced"]["amountCents"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        amounts,
+        (0..20).map(|i| 1_000 + i * 100).collect::<Vec<_>>()
+    );
+    let view = read_model(&on_b, &id, 21).await;
+    assert_eq!(
+        view["bidCount"], 20,
+        "each event applied once across replicas"
+    );
+    assert_eq!(view["leaderboard"].as_array().unwrap().len(), 20);
+}
