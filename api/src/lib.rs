@@ -4,7 +4,9 @@
 //! API boundary: this crate is the only one that knows about HTTP, WebSocket, GraphQL and
 //! tokens. It turns requests into commands and queries and never holds business rules.
 
+pub mod access;
 pub mod auth;
+pub mod digest;
 pub mod errors;
 pub mod graphql;
 pub mod http;

@@ -91,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 jwt_secret: secret.clone(),
                 ws: Default::default(),
                 tcp_send_buffer: None,
+                llm: triad_api::digest::LlmConfig::from_env(),
             })
             .await
             .context("starting the server")?;

@@ -12,8 +12,11 @@ use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use triad_domain::auction::Auction;
+use triad_domain::patient::PatientAlerts;
 use triad_eventstore::{AggregateStore, EventStore, LogTail, StoreError, StoreUrl};
+use triad_projections::alert_engine::AlertEngine;
 use triad_projections::auctions::AuctionProjection;
+use triad_projections::patients::PatientProjection;
 use triad_projections::{ProjectionError, ProjectionRunner};
 
 #[derive(Debug, Clone)]
@@ -25,6 +28,8 @@ pub struct ServerConfig {
     /// SO_SNDBUF for accepted sockets; `None` leaves the kernel's autotuning alone. Tests set
     /// it small to make a stalled consumer's backlog reach the outbox quickly.
     pub tcp_send_buffer: Option<usize>,
+    /// The digest's language-model provider (TRIAD_LLM_URL); `None`: built-in only.
+    pub llm: Option<crate::digest::LlmConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,12 +68,14 @@ pub struct Server {
     pub engine: Arc<Engine>,
     http: JoinHandle<()>,
     scheduler: JoinHandle<()>,
+    alert_engine: JoinHandle<()>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         self.http.abort();
         self.scheduler.abort();
+        self.alert_engine.abort();
     }
 }
 
@@ -78,14 +85,29 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let store = EventStore::connect(&config.store).await?;
         let runner = Arc::new(
-            ProjectionRunner::start(store.clone(), vec![Arc::new(AuctionProjection)]).await?,
+            ProjectionRunner::start(
+                store.clone(),
+                vec![
+                    Arc::new(AuctionProjection),
+                    Arc::new(PatientProjection::new(store.is_postgres())),
+                ],
+            )
+            .await?,
         );
+        let alert_engine = AlertEngine::start(
+            store.clone(),
+            Arc::new(AggregateStore::<PatientAlerts>::new(store.clone())),
+        )
+        .await?;
         let tail = LogTail::start(store.clone()).await?;
         let auctions = Arc::new(AggregateStore::<Auction>::new(store.clone()));
         let schema = build_schema(Some(Services {
             store: store.clone(),
             auctions: auctions.clone(),
+            patients: Arc::new(AggregateStore::new(store.clone())),
+            vitals: Arc::new(AggregateStore::new(store.clone())),
             tail: tail.clone(),
+            llm: config.llm.clone(),
         }));
         let engine = Engine::new(schema.clone(), tail.clone(), config.ws.outbox_capacity);
         let state = AppState {
@@ -135,6 +157,7 @@ impl Server {
             engine,
             http,
             scheduler,
+            alert_engine,
         })
     }
 

@@ -25,6 +25,26 @@ pub enum Comparator {
 }
 
 impl Comparator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Comparator::Gt => "GT",
+            Comparator::Gte => "GTE",
+            Comparator::Lt => "LT",
+            Comparator::Lte => "LTE",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Comparator> {
+        [
+            Comparator::Gt,
+            Comparator::Gte,
+            Comparator::Lt,
+            Comparator::Lte,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == raw)
+    }
+
     pub fn holds(self, value: f64, threshold: f64) -> bool {
         match self {
             Comparator::Gt => value > threshold,

@@ -13,6 +13,7 @@
 //! under a lock (see `schema.rs`), so position order is commit order and the visible log is
 //! always a gap-free prefix.
 
+pub mod audit;
 pub mod crypto;
 pub mod db;
 pub mod error;

@@ -69,6 +69,7 @@ struct Inner {
     upcasters: Upcasters,
     protection: Protection,
     keyring: Keyring,
+    access_log: crate::audit::AccessLog,
     /// Bumped whenever this process appends or PostgreSQL notifies an append elsewhere.
     appended: watch::Sender<u64>,
     listener: Option<JoinHandle<()>>,
@@ -137,10 +138,12 @@ impl EventStore {
             Db::Sqlite(pool) => (Repo::Sqlite(SqliteEventRepository::new(pool.clone())), None),
         };
         let keyring = Keyring::new(db.clone(), &master_key);
+        let access_log = crate::audit::AccessLog::open(db.clone()).await?;
         Ok(EventStore {
             inner: Arc::new(Inner {
                 url: url.clone(),
                 keyring,
+                access_log,
                 protection,
                 db,
                 read_pool,
@@ -308,6 +311,11 @@ impl EventStore {
         let pointers: Vec<&str> = pointers.to_vec();
         let key = self.inner.keyring.for_read(&subject).await?;
         crypto::open(&mut e.payload, &pointers, key.as_deref(), &subject)
+    }
+
+    /// The append-only log of reads of personal data.
+    pub fn access_log(&self) -> &crate::audit::AccessLog {
+        &self.inner.access_log
     }
 
     /// Destroys a subject's data key: its personal fields become unreadable everywhere.

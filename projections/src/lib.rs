@@ -4,7 +4,9 @@
 //! transaction, so after a crash it resumes exactly where its last commit left off: every event
 //! takes effect exactly once. Projections only read the log; they never append to it.
 
+pub mod alert_engine;
 pub mod auctions;
+pub mod patients;
 pub mod runner;
 
 pub use runner::{Projection, ProjectionError, ProjectionRunner};

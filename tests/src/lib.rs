@@ -33,6 +33,7 @@ pub async fn start_server_with(
             jwt_secret: JWT_SECRET.to_string(),
             ws,
             tcp_send_buffer,
+            llm: None,
         })
         .await
         .expect("server starts"),

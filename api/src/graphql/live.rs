@@ -29,6 +29,7 @@ pub enum Sharing {
 pub const LIVE_FIELDS: &[(&str, Sharing)] = &[
     ("bidPlaced", Sharing::Public),
     ("outbid", Sharing::PerActor),
+    ("alertRaised", Sharing::PerActor),
 ];
 
 /// The argument that resumes a subscription from a log position.

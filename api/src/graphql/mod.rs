@@ -6,6 +6,7 @@
 
 pub mod auctions;
 pub mod live;
+pub mod patients;
 
 use crate::errors;
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
@@ -17,20 +18,24 @@ use triad_eventstore::{AggregateStore, EventStore, LogTail};
 pub type TriadSchema = Schema<Query, Mutation, Subscription>;
 
 #[derive(MergedObject, Default)]
-pub struct Query(auctions::AuctionQuery);
+pub struct Query(auctions::AuctionQuery, patients::PatientQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(auctions::AuctionMutation);
+pub struct Mutation(auctions::AuctionMutation, patients::PatientMutation);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(auctions::AuctionSubscription);
+pub struct Subscription(auctions::AuctionSubscription, patients::PatientSubscription);
 
 /// What resolvers reach through the context.
 #[derive(Clone)]
 pub struct Services {
     pub store: EventStore,
     pub auctions: Arc<AggregateStore<Auction>>,
+    pub patients: Arc<AggregateStore<triad_domain::patient::Patient>>,
+    pub vitals: Arc<AggregateStore<triad_domain::patient::PatientVitals>>,
     pub tail: Arc<LogTail>,
+    /// The digest's language-model provider, when configured.
+    pub llm: Option<crate::digest::LlmConfig>,
 }
 
 /// Who is asking (per request, or per WebSocket connection).
@@ -63,12 +68,12 @@ pub fn sdl() -> String {
     build_schema(None).sdl()
 }
 
-pub(crate) fn services<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Services> {
+pub fn services<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a Services> {
     ctx.data::<Services>()
         .map_err(|e| errors::internal(e.message))
 }
 
-pub(crate) fn caller<'a>(ctx: &'a Context<'_>) -> Option<&'a Actor> {
+pub fn caller<'a>(ctx: &'a Context<'_>) -> Option<&'a Actor> {
     ctx.data_opt::<Caller>().and_then(|c| c.actor.as_ref())
 }
 
