@@ -149,13 +149,8 @@ impl AccessLog {
                 seq
             }
             Db::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                // Take the write lock before reading the chain's tail.
-                sqlx::query(
-                    "UPDATE triad_migrations SET version = version WHERE component = '_lock'",
-                )
-                .execute(&mut *tx)
-                .await?;
+                // IMMEDIATE: take the write lock before reading the chain's tail.
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
                 let seq = append_with!(tx);
                 tx.commit().await?;
                 seq

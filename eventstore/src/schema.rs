@@ -170,13 +170,10 @@ pub(crate) async fn migrate(
         }
         Db::Sqlite(pool) => {
             for m in migrations {
-                let mut tx = pool.begin().await?;
-                // A write first, so this transaction takes the write lock (and waits for it)
-                // before it reads the ledger.
+                // IMMEDIATE: take the write lock (waiting for it) before reading the ledger;
+                // a deferred transaction could not upgrade if another writer came first.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 sqlx::raw_sql(LEDGER_SQLITE).execute(&mut *tx).await?;
-                sqlx::query("INSERT OR IGNORE INTO triad_migrations (component, version, applied_at) VALUES ('_lock', 0, '')")
-                    .execute(&mut *tx)
-                    .await?;
                 let done: Option<i64> = sqlx::query_scalar(
                     "SELECT version FROM triad_migrations WHERE component = $1 AND version = $2",
                 )
