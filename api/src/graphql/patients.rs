@@ -30,6 +30,7 @@ use triad_projections::patients::{self as views, Bucket};
 #[graphql(name = "VitalKind", remote = "triad_domain::vitals::VitalKind")]
 pub enum VitalKind {
     HeartRate,
+    #[graphql(name = "SPO2")]
     Spo2,
     SystolicBp,
     DiastolicBp,
