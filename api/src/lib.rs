@@ -12,6 +12,7 @@ pub mod graphql;
 pub mod http;
 pub mod scheduler;
 pub mod server;
+pub mod tools;
 pub mod ws;
 
 pub use server::{Server, ServerConfig};

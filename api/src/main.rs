@@ -48,6 +48,22 @@ enum Command {
     },
     /// Print the GraphQL SDL (schemas/schema.graphql must equal it).
     Schema,
+    /// An aggregate's history and state (as of a moment), or who read a subject's data.
+    Audit {
+        #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
+        store: String,
+        /// TYPE/ID, e.g. Auction/demo-auction-1 or Patient/<id>.
+        #[arg(required_unless_present = "reads", conflicts_with = "reads")]
+        target: Option<String>,
+        /// RFC 3339: the state as it was then (events recorded up to that moment).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// List the access records about this subject (a patient id) and check the chain.
+        #[arg(long)]
+        reads: Option<String>,
+        #[arg(long, default_value = "table")]
+        format: triad_api::tools::Format,
+    },
 }
 
 fn jwt_secret() -> String {
@@ -113,6 +129,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("unknown role {role:?}: use dealer, seller, doctor, patient, donor, charity or admin"))?;
             let ttl = parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
             println!("{}", Auth::new(&jwt_secret()).mint(&sub, role, ttl)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            store,
+            target,
+            as_of,
+            reads,
+            format,
+        } => {
+            let store = triad_eventstore::EventStore::connect(&store.parse()?)
+                .await
+                .context("opening the store")?;
+            let mut out = std::io::stdout().lock();
+            if let Some(subject) = reads {
+                let intact =
+                    triad_api::tools::audit_reads(&store, &subject, format, &mut out).await?;
+                return Ok(if intact {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            let as_of = as_of
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&chrono::Utc))
+                })
+                .transpose()
+                .context("--as-of must be an RFC 3339 time, e.g. 2026-12-04T12:00:00Z")?;
+            let target = target.unwrap_or_default();
+            triad_api::tools::audit_aggregate(&store, &target, as_of, format, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -676,3 +676,45 @@ async fn two_replicas_share_one_log() {
     );
     assert_eq!(view["leaderboard"].as_array().unwrap().len(), 20);
 }
+
+/// `triad audit TYPE/ID --as-of T` gives the state as it was at T.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_as_of_equals_the_state_at_that_time() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let server = start_server(&db).await;
+    let anon = Client::new(server.addr, None);
+    let seller = anon.with_token(Some(token("seller-1", Role::Seller)));
+    let id = open_auction(&seller, 1_000, 100, 0, 3_600).await;
+    place_bid(&dealer(&anon, 1), &id, 1_000, None).await.ok();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    place_bid(&dealer(&anon, 2), &id, 1_500, None).await.ok();
+    let audit = |as_of| {
+        let store = server.store.clone();
+        let target = format!("Auction/{id}");
+        async move {
+            let mut out = Vec::new();
+            triad_api::tools::audit_aggregate(
+                &store,
+                &target,
+                as_of,
+                triad_api::tools::Format::Json,
+                &mut out,
+            )
+            .await
+            .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+            (text.lines().count() - 1, last["state"].clone())
+        }
+    };
+    let (events_then, then) = audit(Some(between)).await;
+    assert_eq!(events_then, 2);
+    assert_eq!(then["highest"]["amount"], 1_000);
+    assert_eq!(then["highest"]["bidder"], "dealer-1");
+    assert_eq!(then["bid_count"], 1);
+    let (events_now, now) = audit(None).await;
+    assert_eq!(events_now, 3);
+    assert_eq!(now["highest"]["amount"], 1_500);
+}

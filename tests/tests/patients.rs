@@ -218,6 +218,27 @@ async fn authorization_matrix_with_one_access_record_per_read() {
         Ok(records.len() as i64)
     );
 
+    // `triad audit --reads` lists them and checks the chain.
+    let mut out = Vec::new();
+    let intact = triad_api::tools::audit_reads(
+        &w.server.store,
+        &w.patient_id,
+        triad_api::tools::Format::Table,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(intact, "{text}");
+    assert!(
+        text.contains(&format!(
+            "{expected_records} record(s) about {}",
+            w.patient_id
+        )),
+        "{text}"
+    );
+    assert!(text.contains("doctor:doc-2") && text.contains("denied"));
+
     // Admins see the same records through GraphQL.
     let r = w.admin.query("query($id: ID!) { auditLog(subjectId: $id, first: 500) { edges { node { seq actorId outcome operation } } } }", id.clone()).await;
     assert_eq!(
