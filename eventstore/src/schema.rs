@@ -1,13 +1,21 @@
 //! The store's own schema, created and migrated idempotently at start.
 //!
-//! Global ordering on PostgreSQL: a plain bigserial is assigned at INSERT, so a transaction that
-//! took position 5 can commit after one that took 6, and a reader that saw 6 would skip 5.
-//! Instead, positions are assigned by a deferred constraint trigger that runs at COMMIT, under a
-//! transaction-scoped advisory lock. PostgreSQL releases locks only after the commit is visible,
-//! so the next transaction's positions are drawn after the previous one's rows became visible:
-//! position order is commit order and a reader's snapshot always holds a gap-free prefix.
-//! The lock covers only the commit tail (one UPDATE per event plus the WAL flush), not the
-//! transaction, so concurrent writers still overlap everything else.
+//! Global ordering on PostgreSQL: a plain bigserial is assigned at INSERT, so a transaction
+//! that took position 5 can commit after one that took 6, and a reader that saw 6 would skip
+//! 5 forever. Triad therefore assigns positions *after* commit: appends insert rows with no
+//! position (only an `insert_id`), and a sequencer numbers committed rows in insert order,
+//! a batch per statement, after the highest position so far, under an advisory lock that
+//! makes sequencers (one per process) take turns. A row is visible to readers only once it
+//! has a position, and positions are handed out only to committed rows in increasing order
+//! by serialized sequencer transactions, so every reader's snapshot holds a gap-free prefix
+//! of the log and nothing can appear below a position a reader has passed.
+//!
+//! Why not number rows at commit under a lock: that serializes every commit (measured:
+//! ~1,500 appends/s across aggregates); here appends commit in parallel (PostgreSQL's group
+//! commit applies) and only the batched numbering is serialized.
+//!
+//! Per-aggregate order holds: an aggregate's event n+1 is inserted only after event n
+//! committed, so it has a larger insert_id and is numbered in the same or a later batch.
 //!
 //! On SQLite writers are serialized by the database, and an AFTER INSERT trigger numbers rows
 //! inside the writing transaction.
@@ -125,7 +133,34 @@ CREATE TABLE IF NOT EXISTS subject_keys (
 );
 "#,
     },
+    Migration {
+        version: 3,
+        // Positions move from the commit path to the sequencer (see the module comment):
+        // appends no longer serialize, and committed rows are numbered a batch at a time.
+        postgres: r#"
+DROP TRIGGER IF EXISTS events_assign_position ON events;
+DROP FUNCTION IF EXISTS triad_assign_position();
+ALTER TABLE events ADD COLUMN IF NOT EXISTS insert_id bigserial;
+CREATE UNIQUE INDEX IF NOT EXISTS events_insert_id_idx ON events (insert_id);
+CREATE INDEX IF NOT EXISTS events_unsequenced_idx ON events (insert_id) WHERE position IS NULL;
+"#,
+        sqlite: "SELECT 1",
+    },
 ];
+
+/// Numbers committed, unnumbered rows in insert order after the highest position so far.
+/// Runs under [`SEQUENCER_LOCK`], so sequencers (one per process) take turns.
+pub(crate) const SEQUENCE_BATCH_PG: &str = r#"
+WITH pending AS (
+    SELECT insert_id FROM events WHERE position IS NULL ORDER BY insert_id LIMIT $1
+), numbered AS (
+    SELECT insert_id,
+           (SELECT coalesce(max(position), 0) FROM events) + row_number() OVER (ORDER BY insert_id) AS pos
+      FROM pending
+)
+UPDATE events e SET position = n.pos FROM numbered n WHERE e.insert_id = n.insert_id
+"#;
+pub(crate) const SEQUENCER_LOCK: i64 = 7305071243;
 
 /// Applies the component's migrations that are not yet recorded, each in its own transaction.
 /// Safe to run from many processes at once: PostgreSQL serializes them with an advisory lock,

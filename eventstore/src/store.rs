@@ -72,12 +72,18 @@ struct Inner {
     access_log: crate::audit::AccessLog,
     /// Bumped whenever this process appends or PostgreSQL notifies an append elsewhere.
     appended: watch::Sender<u64>,
+    /// Bumped when this process appends to PostgreSQL: wakes its sequencer.
+    unsequenced: watch::Sender<u64>,
     listener: Option<JoinHandle<()>>,
+    sequencer: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.listener.take() {
+        for task in [self.listener.take(), self.sequencer.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
         }
     }
@@ -130,12 +136,22 @@ impl EventStore {
         let (db, read_pool) = db::connect(url).await?;
         schema::migrate(&db, "eventstore", EVENT_STORE_MIGRATIONS).await?;
         let (appended, _) = watch::channel(0u64);
-        let (repo, listener) = match &db {
+        let (unsequenced, _) = watch::channel(0u64);
+        let (repo, listener, sequencer) = match &db {
             Db::Postgres(pool) => (
                 Repo::Postgres(PostgresEventRepository::new(pool.clone())),
                 Some(spawn_pg_listener(pool.clone(), appended.clone())),
+                Some(spawn_sequencer(
+                    pool.clone(),
+                    unsequenced.subscribe(),
+                    appended.clone(),
+                )),
             ),
-            Db::Sqlite(pool) => (Repo::Sqlite(SqliteEventRepository::new(pool.clone())), None),
+            Db::Sqlite(pool) => (
+                Repo::Sqlite(SqliteEventRepository::new(pool.clone())),
+                None,
+                None,
+            ),
         };
         let keyring = Keyring::new(db.clone(), &master_key);
         let access_log = crate::audit::AccessLog::open(db.clone()).await?;
@@ -150,7 +166,9 @@ impl EventStore {
                 repo,
                 upcasters,
                 appended,
+                unsequenced,
                 listener,
+                sequencer,
             }),
         })
     }
@@ -189,6 +207,18 @@ impl EventStore {
             Db::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(drop)?,
         }
         Ok(())
+    }
+
+    /// Committed events still waiting for a position (always 0 on SQLite).
+    pub async fn unsequenced(&self) -> Result<i64, StoreError> {
+        Ok(match &self.inner.db {
+            Db::Postgres(p) => {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events WHERE position IS NULL")
+                    .fetch_one(p)
+                    .await?
+            }
+            Db::Sqlite(_) => 0,
+        })
     }
 
     /// The highest position in the log (0 when empty).
@@ -407,9 +437,14 @@ impl EventStore {
         .boxed()
     }
 
-    /// Wakes this process's tails after an append.
+    /// After an append: SQLite rows are numbered already, so wake the tails; PostgreSQL rows
+    /// wait for the sequencer, which wakes the tails once it has numbered them.
     pub(crate) fn notify_appended(&self) {
-        self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
+        let signal = match self.inner.db {
+            Db::Postgres(_) => &self.inner.unsequenced,
+            Db::Sqlite(_) => &self.inner.appended,
+        };
+        signal.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// An aggregate's events after `after_sequence`, upcast.
@@ -470,6 +505,67 @@ struct RawRow {
     payload: serde_json::Value,
     metadata: serde_json::Value,
     recorded_at: DateTime<Utc>,
+}
+
+/// Rows numbered per sequencer statement at most.
+const SEQUENCE_BATCH: i64 = 10_000;
+/// The sequencer also looks for unnumbered rows this often (rows of a process that died
+/// between its append and its sequencing, or another process's sequencer being slow).
+const SEQUENCER_POLL: Duration = Duration::from_millis(100);
+
+/// Numbers this process's appends (and any left unnumbered) soon after they commit.
+fn spawn_sequencer(
+    pool: sqlx::PgPool,
+    mut wake: watch::Receiver<u64>,
+    appended: watch::Sender<u64>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(SEQUENCER_POLL) => {}
+            }
+            wake.borrow_and_update();
+            loop {
+                match sequence_batch(&pool).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        metrics::counter!("triad_events_sequenced_total").increment(n);
+                        appended.send_modify(|c| *c = c.wrapping_add(1));
+                        if (n as i64) < SEQUENCE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sequencer failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn sequence_batch(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(schema::SEQUENCER_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let numbered = sqlx::query(schema::SEQUENCE_BATCH_PG)
+        .bind(SEQUENCE_BATCH)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if numbered > 0 {
+        // Wakes the tails of every other process (delivered at commit).
+        sqlx::query("SELECT pg_notify('triad_events', '')")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(numbered)
 }
 
 /// Turns NOTIFYs from any process's commits into wake-ups for this process's tails.

@@ -67,3 +67,12 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
+
+/// Waits until every committed event has its log position (the sequencer runs just after
+/// commits on PostgreSQL), so a log read sees everything acknowledged so far.
+pub async fn settled(store: &triad_eventstore::EventStore) {
+    eventually(10, "the log to be sequenced", || async {
+        (store.unsequenced().await.ok() == Some(0)).then_some(())
+    })
+    .await;
+}

@@ -174,6 +174,7 @@ async fn concurrent_dealers(backend: Backend) {
     }
 
     // In log order, accepted amounts strictly increase by at least the increment.
+    triad_tests::settled(&server.store).await;
     let log = server
         .store
         .read(
@@ -277,6 +278,7 @@ async fn duplicate_client_bid_id(backend: Backend) {
     assert!(replies
         .iter()
         .all(|r| r.ok()["placeBid"]["accepted"] == true));
+    triad_tests::settled(&server.store).await;
     let bids = server
         .store
         .read(
@@ -505,6 +507,7 @@ async fn bad_input_gets_typed_errors(backend: Backend) {
     assert_eq!(r.code(), Some("INVALID_INPUT"));
 
     // Nothing was written by any of the refused commands: only the opening event exists.
+    triad_tests::settled(&server.store).await;
     let events = server.store.read_all(1, 100).await.unwrap();
     assert_eq!(events.len(), 1, "refused commands append nothing");
 }
@@ -690,6 +693,7 @@ async fn audit_as_of_equals_the_state_at_that_time() {
     let between = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
     place_bid(&dealer(&anon, 2), &id, 1_500, None).await.ok();
+    triad_tests::settled(&server.store).await;
     let audit = |as_of| {
         let store = server.store.clone();
         let target = format!("Auction/{id}");

@@ -222,6 +222,7 @@ async fn postgres_conflicts_between_processes_are_retried() {
     );
     assert_eq!(amounts.last(), Some(&1_059), "the largest bid always wins");
     let (state, version) = a.load("hot").await.unwrap();
+    triad_tests::settled(a.event_store()).await;
     assert_eq!(state.highest.unwrap().amount.get(), 1_059);
     assert_eq!(version, 1 + amounts.len());
 }

@@ -297,6 +297,7 @@ async fn no_plaintext_health_data_in_the_event_store_and_erasure_shreds_it() {
             true,
             "repeating erasure is harmless"
         );
+        triad_tests::settled(&w.server.store).await;
         let events = w
             .server
             .store
@@ -410,6 +411,7 @@ async fn invalid_readings_are_rejected_and_nothing_is_stored() {
     }
     let r = w.admin.query(RULE, json!({ "input": { "patientId": w.patient_id, "kind": "PAIN", "comparator": "GT", "threshold": 8, "forDuration": "3 days" } })).await;
     assert_eq!(r.code(), Some("INVALID_INPUT"));
+    triad_tests::settled(&w.server.store).await;
     let stored = w
         .server
         .store
