@@ -10,6 +10,8 @@ pub mod actor;
 pub mod alerting;
 pub mod auction;
 pub mod decider;
+pub mod donation;
+pub mod geo;
 pub mod ids;
 pub mod money;
 pub mod patient;

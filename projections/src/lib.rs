@@ -6,6 +6,8 @@
 
 pub mod alert_engine;
 pub mod auctions;
+pub mod donations;
+pub mod geo;
 pub mod patients;
 pub mod runner;
 
