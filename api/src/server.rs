@@ -6,16 +6,21 @@ use crate::http::{router, AppState};
 use crate::scheduler;
 use crate::ws::{engine::Engine, WsConfig};
 use axum::serve::ListenerExt;
+use futures::StreamExt;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use triad_domain::auction::Auction;
+use triad_domain::donation::Donation;
 use triad_domain::patient::PatientAlerts;
 use triad_eventstore::{AggregateStore, EventStore, LogTail, StoreError, StoreUrl};
 use triad_projections::alert_engine::AlertEngine;
 use triad_projections::auctions::AuctionProjection;
+use triad_projections::donations::{enable_postgis, DonationProjection};
+use triad_projections::geo::GeoIndex;
+use triad_projections::matcher::Matcher;
 use triad_projections::patients::PatientProjection;
 use triad_projections::{ProjectionError, ProjectionRunner};
 
@@ -45,6 +50,24 @@ pub enum ServerError {
     },
 }
 
+/// Keeps the in-memory geo index up to date with the log (rebuilt from it at start).
+fn spawn_geo_feed(store: EventStore, geo: Arc<GeoIndex>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let filter = triad_eventstore::store::LogFilter {
+            aggregate_type: Some("Charity".into()),
+            aggregate_id: None,
+            event_types: vec!["CharityRegistered".into(), "CharityUpdated".into()],
+        };
+        let mut log = store.subscribe(1, filter);
+        while let Some(next) = log.next().await {
+            match next {
+                Ok(e) => geo.apply(&e),
+                Err(e) => tracing::warn!(error = %e, "geo index feed: log read failed"),
+            }
+        }
+    })
+}
+
 /// One Prometheus recorder per process (the `metrics` facade is global).
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -66,9 +89,13 @@ pub struct Server {
     pub auctions: Arc<AggregateStore<Auction>>,
     pub runner: Arc<ProjectionRunner>,
     pub engine: Arc<Engine>,
+    pub charities: Arc<AggregateStore<triad_domain::donation::Charity>>,
+    pub donations: Arc<AggregateStore<Donation>>,
     http: JoinHandle<()>,
     scheduler: JoinHandle<()>,
     alert_engine: JoinHandle<()>,
+    matcher: JoinHandle<()>,
+    geo_feed: JoinHandle<()>,
 }
 
 impl Drop for Server {
@@ -76,6 +103,8 @@ impl Drop for Server {
         self.http.abort();
         self.scheduler.abort();
         self.alert_engine.abort();
+        self.matcher.abort();
+        self.geo_feed.abort();
     }
 }
 
@@ -90,6 +119,9 @@ impl Server {
                 vec![
                     Arc::new(AuctionProjection),
                     Arc::new(PatientProjection::new(store.is_postgres())),
+                    Arc::new(DonationProjection {
+                        postgis: store.is_postgres() && enable_postgis(store.read_pool()).await,
+                    }),
                 ],
             )
             .await?,
@@ -99,6 +131,11 @@ impl Server {
             Arc::new(AggregateStore::<PatientAlerts>::new(store.clone())),
         )
         .await?;
+        let donations = Arc::new(AggregateStore::<Donation>::new(store.clone()));
+        let charities = Arc::new(AggregateStore::new(store.clone()));
+        let matcher = Matcher::start(store.clone(), donations.clone()).await?;
+        let geo = Arc::new(GeoIndex::default());
+        let geo_feed = spawn_geo_feed(store.clone(), geo.clone());
         let tail = LogTail::start(store.clone()).await?;
         let auctions = Arc::new(AggregateStore::<Auction>::new(store.clone()));
         let schema = build_schema(Some(Services {
@@ -106,6 +143,9 @@ impl Server {
             auctions: auctions.clone(),
             patients: Arc::new(AggregateStore::new(store.clone())),
             vitals: Arc::new(AggregateStore::new(store.clone())),
+            charities: charities.clone(),
+            donations: donations.clone(),
+            geo,
             tail: tail.clone(),
             llm: config.llm.clone(),
         }));
@@ -158,7 +198,21 @@ impl Server {
             http,
             scheduler,
             alert_engine,
+            charities,
+            donations,
+            matcher,
+            geo_feed,
         })
+    }
+
+    /// A charity's current state (tests and tools).
+    pub async fn charities_state(&self, id: &str) -> (triad_domain::donation::Charity, usize) {
+        self.charities.load(id).await.unwrap_or_default()
+    }
+
+    /// A donation's current state (tests and tools).
+    pub async fn donation_state(&self, id: &str) -> (Donation, usize) {
+        self.donations.load(id).await.unwrap_or_default()
     }
 
     /// Runs until the HTTP server stops.

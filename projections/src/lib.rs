@@ -8,6 +8,7 @@ pub mod alert_engine;
 pub mod auctions;
 pub mod donations;
 pub mod geo;
+pub mod matcher;
 pub mod patients;
 pub mod runner;
 

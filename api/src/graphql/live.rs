@@ -30,6 +30,7 @@ pub const LIVE_FIELDS: &[(&str, Sharing)] = &[
     ("bidPlaced", Sharing::Public),
     ("outbid", Sharing::PerActor),
     ("alertRaised", Sharing::PerActor),
+    ("donationMatched", Sharing::PerActor),
 ];
 
 /// The argument that resumes a subscription from a log position.

@@ -5,6 +5,7 @@
 //! failure through `crate::errors`. They hold no business rules.
 
 pub mod auctions;
+pub mod donations;
 pub mod live;
 pub mod patients;
 
@@ -18,13 +19,25 @@ use triad_eventstore::{AggregateStore, EventStore, LogTail};
 pub type TriadSchema = Schema<Query, Mutation, Subscription>;
 
 #[derive(MergedObject, Default)]
-pub struct Query(auctions::AuctionQuery, patients::PatientQuery);
+pub struct Query(
+    auctions::AuctionQuery,
+    patients::PatientQuery,
+    donations::DonationQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(auctions::AuctionMutation, patients::PatientMutation);
+pub struct Mutation(
+    auctions::AuctionMutation,
+    patients::PatientMutation,
+    donations::DonationMutation,
+);
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(auctions::AuctionSubscription, patients::PatientSubscription);
+pub struct Subscription(
+    auctions::AuctionSubscription,
+    patients::PatientSubscription,
+    donations::DonationSubscription,
+);
 
 /// What resolvers reach through the context.
 #[derive(Clone)]
@@ -33,6 +46,10 @@ pub struct Services {
     pub auctions: Arc<AggregateStore<Auction>>,
     pub patients: Arc<AggregateStore<triad_domain::patient::Patient>>,
     pub vitals: Arc<AggregateStore<triad_domain::patient::PatientVitals>>,
+    pub charities: Arc<AggregateStore<triad_domain::donation::Charity>>,
+    pub donations: Arc<AggregateStore<triad_domain::donation::Donation>>,
+    /// The in-memory geo index of charities, fed from the log.
+    pub geo: Arc<triad_projections::geo::GeoIndex>,
     pub tail: Arc<LogTail>,
     /// The digest's language-model provider, when configured.
     pub llm: Option<crate::digest::LlmConfig>,

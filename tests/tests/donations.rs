@@ -1,0 +1,300 @@
+//! The donation marketplace end to end: geo search, capacity under concurrency, matching,
+//! subscriptions, bad input.
+
+use chrono::{Duration, Utc};
+use serde_json::{json, Value};
+use std::time::Duration as StdDuration;
+use triad_domain::Role;
+use triad_tests::gql::Reply;
+use triad_tests::ws;
+use triad_tests::{eventually, start_server, token, Backend, Client, TestDb};
+
+const REGISTER: &str = "mutation($input: RegisterCharityInput!) { registerCharity(input: $input) { id name capacityKg accepts } }";
+const POST: &str =
+    "mutation($input: PostDonationInput!) { postDonation(input: $input) { id status quantityKg } }";
+const CLAIM: &str = "mutation($d: ID!, $c: ID!) { claimDonation(donationId: $d, charityId: $c) { id status claimedBy } }";
+const NEAR: &str = "query($lat: Float!, $lng: Float!, $r: Float!, $f: FoodType) { charitiesNear(lat: $lat, lng: $lng, radiusKm: $r, foodType: $f) { charity { id name } distanceKm } }";
+
+async fn register(
+    client: &Client,
+    name: &str,
+    lat: f64,
+    lng: f64,
+    capacity: f64,
+    accepts: &[&str],
+) -> String {
+    let r = client.query(REGISTER, json!({ "input": { "name": name, "location": { "lat": lat, "lng": lng }, "capacityKg": capacity, "accepts": accepts } })).await;
+    r.ok()["registerCharity"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn post(donor: &Client, food: &str, kg: f64, lat: f64, lng: f64) -> Reply {
+    let pickup = (Utc::now() + Duration::hours(4)).to_rfc3339();
+    donor.query(POST, json!({ "input": { "foodType": food, "quantityKg": kg, "location": { "lat": lat, "lng": lng }, "pickupBy": pickup } })).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_claims_fill_a_charity_with_room_for_ten() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let server = start_server(&db).await;
+    let anon = Client::new(server.addr, None);
+    let manager = anon.with_token(Some(token("manager-1", Role::Charity)));
+    let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+    let charity = register(&manager, "Food Bank", 52.37, 4.89, 10.0, &["BAKERY"]).await;
+    let mut donations = vec![];
+    for _ in 0..50 {
+        donations.push(
+            post(&donor, "BAKERY", 1.0, 52.37, 4.9).await.ok()["postDonation"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(50));
+    let claims = donations.iter().map(|d| {
+        let (manager, d, c, barrier) =
+            (manager.clone(), d.clone(), charity.clone(), barrier.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            manager.query(CLAIM, json!({ "d": d, "c": c })).await
+        })
+    });
+    let replies: Vec<Reply> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let claimed = replies.iter().filter(|r| r.code().is_none()).count();
+    let exceeded = replies
+        .iter()
+        .filter(|r| r.code() == Some("CAPACITY_EXCEEDED"))
+        .count();
+    assert_eq!(
+        (claimed, exceeded),
+        (10, 40),
+        "{:?}",
+        replies.iter().map(|r| r.code()).collect::<Vec<_>>()
+    );
+
+    // The store agrees: 10 kg reserved on the charity, 10 donations claimed, 40 still open.
+    let (state, _) = server.charities_state(&charity).await;
+    let day = (Utc::now() + Duration::hours(4)).date_naive();
+    assert!((state.reserved_on(day) - 10.0).abs() < 1e-9);
+    let mut statuses = std::collections::HashMap::new();
+    for d in &donations {
+        let (s, _) = server.donation_state(d).await;
+        *statuses.entry(s.status.as_str()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get("CLAIMED"), Some(&10));
+    assert_eq!(statuses.get("OPEN"), Some(&40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_donation_is_claimed_once_and_losers_get_their_capacity_back() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let server = start_server(&db).await;
+    let anon = Client::new(server.addr, None);
+    let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+    let mut charities = vec![];
+    for i in 0..8 {
+        let manager = anon.with_token(Some(token(&format!("m{i}"), Role::Charity)));
+        charities.push((
+            manager.clone(),
+            register(
+                &manager,
+                &format!("C{i}"),
+                10.0,
+                10.0 + i as f64 * 0.01,
+                50.0,
+                &["PRODUCE"],
+            )
+            .await,
+        ));
+    }
+    let d = post(&donor, "PRODUCE", 5.0, 10.0, 10.0).await.ok()["postDonation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let replies = futures::future::join_all(
+        charities
+            .iter()
+            .map(|(m, c)| m.query(CLAIM, json!({ "d": d, "c": c }))),
+    )
+    .await;
+    let winners: Vec<&Reply> = replies.iter().filter(|r| r.code().is_none()).collect();
+    assert_eq!(winners.len(), 1);
+    assert!(replies
+        .iter()
+        .filter(|r| r.code().is_some())
+        .all(|r| r.code() == Some("DONATION_UNAVAILABLE")));
+    let day = (Utc::now() + Duration::hours(4)).date_naive();
+    let mut reserved = 0.0;
+    for (_, c) in &charities {
+        reserved += server.charities_state(c).await.0.reserved_on(day);
+    }
+    assert!(
+        (reserved - 5.0).abs() < 1e-9,
+        "only the winner holds capacity ({reserved})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_match_and_subscription_with_resume() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let server = start_server(&db).await;
+    let anon = Client::new(server.addr, None);
+    let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+    let m1 = anon.with_token(Some(token("m1", Role::Charity)));
+    let m2 = anon.with_token(Some(token("m2", Role::Charity)));
+    let near = register(&m1, "Near", 48.8566, 2.3522, 100.0, &["BAKERY", "DAIRY"]).await;
+    let far = register(&m2, "Far", 48.9566, 2.3522, 100.0, &["BAKERY"]).await;
+    register(&m2, "Meat only", 48.8570, 2.3522, 100.0, &["MEAT"]).await;
+
+    let found = eventually(10, "the geo index", || async {
+        let r = anon
+            .query(
+                NEAR,
+                json!({ "lat": 48.8566, "lng": 2.3522, "r": 20.0, "f": "BAKERY" }),
+            )
+            .await;
+        let hits = r.ok()["charitiesNear"].as_array().unwrap().clone();
+        (hits.len() == 2).then_some(hits)
+    })
+    .await;
+    assert_eq!(found[0]["charity"]["id"], near.as_str());
+    assert_eq!(found[1]["charity"]["id"], far.as_str());
+    assert!((found[1]["distanceKm"].as_f64().unwrap() - 11.12).abs() < 0.05);
+    let all = anon
+        .query(NEAR, json!({ "lat": 48.8566, "lng": 2.3522, "r": 5.0 }))
+        .await;
+    assert_eq!(
+        all.ok()["charitiesNear"].as_array().unwrap().len(),
+        2,
+        "no food filter: the meat-only charity too"
+    );
+
+    // The near charity watches its matches.
+    let sub = "subscription($c: ID!, $after: Int) { donationMatched(charityId: $c, after: $after) { donationId charityId distanceKm position } }";
+    let t1 = token("m1", Role::Charity);
+    let mut watcher = ws::subscribe(server.addr, Some(&t1), sub, json!({ "c": near }))
+        .await
+        .unwrap();
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    let d1 = post(&donor, "BAKERY", 3.0, 48.857, 2.353).await.ok()["postDonation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let got = watcher.take(1, StdDuration::from_secs(10)).await;
+    assert_eq!(got[0]["data"]["donationMatched"]["donationId"], d1.as_str());
+    let cursor = got[0]["data"]["donationMatched"]["position"]
+        .as_i64()
+        .unwrap();
+    let matches = eventually(10, "proposals on the donation", || async {
+        let r = anon
+            .query(
+                "query($id: ID!) { donation(id: $id) { matches { charityId distanceKm } } }",
+                json!({ "id": d1 }),
+            )
+            .await;
+        let m = r.ok()["donation"]["matches"].as_array().unwrap().clone();
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        matches[0]["charityId"],
+        near.as_str(),
+        "the nearest charity first"
+    );
+    watcher.close().await;
+
+    // Two more while disconnected; a reconnect with `after` gets exactly those.
+    let d2 = post(&donor, "DAIRY", 1.0, 48.857, 2.353).await.ok()["postDonation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d3 = post(&donor, "BAKERY", 1.0, 48.857, 2.353).await.ok()["postDonation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut resumed = ws::subscribe(
+        server.addr,
+        Some(&t1),
+        sub,
+        json!({ "c": near, "after": cursor }),
+    )
+    .await
+    .unwrap();
+    let got: Vec<Value> = resumed.take(2, StdDuration::from_secs(10)).await;
+    let ids: Vec<&str> = got
+        .iter()
+        .map(|v| v["data"]["donationMatched"]["donationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [d2.as_str(), d3.as_str()]);
+    assert!(resumed.next(StdDuration::from_millis(300)).await.is_none());
+
+    // Another charity's manager may not watch this one.
+    let t2 = token("m2", Role::Charity);
+    let mut intruder = ws::subscribe(server.addr, Some(&t2), sub, json!({ "c": near }))
+        .await
+        .unwrap();
+    match intruder.next(StdDuration::from_secs(10)).await {
+        Some(ws::Frame::Next(v)) => assert_eq!(v["errors"][0]["extensions"]["code"], "FORBIDDEN"),
+        other => panic!("expected FORBIDDEN, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_coordinates_and_quantities_are_rejected() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let server = start_server(&db).await;
+    let anon = Client::new(server.addr, None);
+    let manager = anon.with_token(Some(token("m1", Role::Charity)));
+    let donor = anon.with_token(Some(token("d1", Role::Donor)));
+    for (lat, lng) in [(91.0, 0.0), (-90.5, 0.0), (0.0, 180.5), (0.0, -181.0)] {
+        let r = manager.query(REGISTER, json!({ "input": { "name": "X", "location": { "lat": lat, "lng": lng }, "capacityKg": 10, "accepts": ["BAKERY"] } })).await;
+        assert_eq!(r.code(), Some("INVALID_INPUT"), "({lat}, {lng})");
+        assert_eq!(
+            post(&donor, "BAKERY", 1.0, lat, lng).await.code(),
+            Some("INVALID_INPUT")
+        );
+        let r = anon
+            .query(NEAR, json!({ "lat": lat, "lng": lng, "r": 10.0 }))
+            .await;
+        assert_eq!(r.code(), Some("INVALID_INPUT"));
+    }
+    for kg in [0.0, -1.0, 1e9] {
+        assert_eq!(
+            post(&donor, "BAKERY", kg, 10.0, 10.0).await.code(),
+            Some("INVALID_INPUT"),
+            "{kg} kg"
+        );
+        let r = manager.query(REGISTER, json!({ "input": { "name": "X", "location": { "lat": 1, "lng": 1 }, "capacityKg": kg, "accepts": ["BAKERY"] } })).await;
+        assert_eq!(r.code(), Some("INVALID_INPUT"));
+    }
+    for r in [0.0, -5.0, 10_000.0] {
+        assert_eq!(
+            anon.query(NEAR, json!({ "lat": 1, "lng": 1, "r": r }))
+                .await
+                .code(),
+            Some("INVALID_INPUT")
+        );
+    }
+    let r = manager.query(REGISTER, json!({ "input": { "name": "X", "location": { "lat": 1, "lng": 1 }, "capacityKg": 5, "accepts": [] } })).await;
+    assert_eq!(
+        r.code(),
+        Some("INVALID_INPUT"),
+        "a charity accepts something"
+    );
+    assert_eq!(
+        post(&manager, "BAKERY", 1.0, 1.0, 1.0).await.code(),
+        Some("FORBIDDEN"),
+        "charities do not post donations"
+    );
+    triad_tests::settled(&server.store).await;
+    assert!(
+        server.store.read_all(1, 10).await.unwrap().is_empty(),
+        "nothing stored"
+    );
+}
