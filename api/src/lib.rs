@@ -10,6 +10,7 @@ pub mod digest;
 pub mod errors;
 pub mod graphql;
 pub mod http;
+pub mod push;
 pub mod scheduler;
 pub mod server;
 pub mod tools;

@@ -48,6 +48,17 @@ enum Command {
     },
     /// Print the GraphQL SDL (schemas/schema.graphql must equal it).
     Schema,
+    /// Donation notifications for the push gateway: list dead letters, or redrive them.
+    Notifications {
+        #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
+        store: String,
+        /// List notifications that exhausted their attempts.
+        #[arg(long)]
+        dead_letters: bool,
+        /// Put every dead-lettered notification back in line.
+        #[arg(long, conflicts_with = "dead_letters")]
+        redrive: bool,
+    },
     /// An aggregate's history and state (as of a moment), or who read a subject's data.
     Audit {
         #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
@@ -108,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ws: Default::default(),
                 tcp_send_buffer: None,
                 llm: triad_api::digest::LlmConfig::from_env(),
+                push: triad_api::push::PushConfig::from_env(),
             })
             .await
             .context("starting the server")?;
@@ -159,6 +171,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("--as-of must be an RFC 3339 time, e.g. 2026-12-04T12:00:00Z")?;
             let target = target.unwrap_or_default();
             triad_api::tools::audit_aggregate(&store, &target, as_of, format, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Notifications {
+            store,
+            dead_letters,
+            redrive,
+        } => {
+            let store = triad_eventstore::EventStore::connect(&store.parse()?)
+                .await
+                .context("opening the store")?;
+            let pool = store.read_pool();
+            if redrive {
+                let n = triad_projections::notifications::redrive(pool).await?;
+                println!("{n} notification(s) put back in line");
+            } else {
+                let status = if dead_letters { "dead" } else { "pending" };
+                for n in triad_projections::notifications::with_status(pool, status, 10_000).await?
+                {
+                    println!(
+                        "{}\t{}\tattempts={}\t{}",
+                        n.key,
+                        n.charity_id,
+                        n.attempts,
+                        n.last_error.unwrap_or_default()
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     /// SO_SNDBUF for accepted sockets; `None` leaves the kernel's autotuning alone. Tests set
     /// it small to make a stalled consumer's backlog reach the outbox quickly.
     pub tcp_send_buffer: Option<usize>,
+    /// The push gateway for donation notifications (TRIAD_PUSH_URL); `None`: subscriptions only.
+    pub push: Option<crate::push::PushConfig>,
     /// The digest's language-model provider (TRIAD_LLM_URL); `None`: built-in only.
     pub llm: Option<crate::digest::LlmConfig>,
 }
@@ -96,6 +98,7 @@ pub struct Server {
     alert_engine: JoinHandle<()>,
     matcher: JoinHandle<()>,
     geo_feed: JoinHandle<()>,
+    push: Option<JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -105,6 +108,9 @@ impl Drop for Server {
         self.alert_engine.abort();
         self.matcher.abort();
         self.geo_feed.abort();
+        if let Some(push) = &self.push {
+            push.abort();
+        }
     }
 }
 
@@ -119,6 +125,7 @@ impl Server {
                 vec![
                     Arc::new(AuctionProjection),
                     Arc::new(PatientProjection::new(store.is_postgres())),
+                    Arc::new(triad_projections::notifications::NotificationOutbox),
                     Arc::new(DonationProjection {
                         postgis: store.is_postgres() && enable_postgis(store.read_pool()).await,
                     }),
@@ -136,6 +143,10 @@ impl Server {
         let matcher = Matcher::start(store.clone(), donations.clone()).await?;
         let geo = Arc::new(GeoIndex::default());
         let geo_feed = spawn_geo_feed(store.clone(), geo.clone());
+        let push = config
+            .push
+            .clone()
+            .map(|p| crate::push::spawn(store.clone(), p));
         let tail = LogTail::start(store.clone()).await?;
         let auctions = Arc::new(AggregateStore::<Auction>::new(store.clone()));
         let schema = build_schema(Some(Services {
@@ -202,6 +213,7 @@ impl Server {
             donations,
             matcher,
             geo_feed,
+            push,
         })
     }
 

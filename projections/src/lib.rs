@@ -9,6 +9,7 @@ pub mod auctions;
 pub mod donations;
 pub mod geo;
 pub mod matcher;
+pub mod notifications;
 pub mod patients;
 pub mod runner;
 

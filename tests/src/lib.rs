@@ -34,6 +34,7 @@ pub async fn start_server_with(
             ws,
             tcp_send_buffer,
             llm: None,
+            push: None,
         })
         .await
         .expect("server starts"),

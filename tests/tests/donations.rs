@@ -298,3 +298,228 @@ async fn invalid_coordinates_and_quantities_are_rejected() {
         "nothing stored"
     );
 }
+
+/// A push gateway that misbehaves in every way a mobile network can: it refuses
+/// connections at first, then per notification applies it and drops the connection without
+/// answering, answers 500, hangs past the sender's timeout, and only then answers 200.
+/// It applies each notification once, deduplicating by idempotency key.
+struct FlakyGateway {
+    applied: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    receipts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    healthy: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyGateway {
+    async fn serve(self: std::sync::Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let me = self.clone();
+            tokio::spawn(async move { me.handle(socket).await });
+        }
+    }
+
+    async fn handle(&self, mut socket: tokio::net::TcpStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head_end, length) = loop {
+            let Ok(n) = socket.read(&mut chunk).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                break (i + 4, length);
+            }
+        };
+        while buf.len() < head_end + length {
+            let Ok(n) = socket.read(&mut chunk).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let key = head
+            .lines()
+            .find_map(|l| {
+                l.to_lowercase()
+                    .strip_prefix("idempotency-key:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let body: Value =
+            serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+        assert_eq!(
+            body["idempotencyKey"],
+            key.as_str(),
+            "the key travels in the body too"
+        );
+        let attempt = {
+            let mut r = self.receipts.lock().unwrap();
+            let n = r.entry(key.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        if !self.healthy.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = socket.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            return;
+        }
+        match attempt {
+            1 => {
+                // Applied, then the connection drops before the answer.
+                *self.applied.lock().unwrap().entry(key).or_default() += 1;
+            }
+            2 => {
+                let _ = socket.write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            }
+            3 => tokio::time::sleep(StdDuration::from_secs(3)).await,
+            _ => {
+                // Deduplicate: apply only if new.
+                self.applied.lock().unwrap().entry(key).or_insert(1);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        }
+    }
+}
+
+async fn outbox(
+    server: &triad_api::Server,
+    status: &str,
+) -> Vec<triad_projections::notifications::Notification> {
+    triad_projections::notifications::with_status(server.store.read_pool(), status, 1_000)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_survive_a_flaky_gateway_and_dead_letters_redrive() {
+    // A port nobody listens on yet: the first attempts are refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = TestDb::create(Backend::Postgres).await;
+    let server = triad_api::Server::start(triad_api::ServerConfig {
+        store: db.url.parse().unwrap(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        jwt_secret: triad_tests::JWT_SECRET.into(),
+        ws: Default::default(),
+        tcp_send_buffer: None,
+        llm: None,
+        push: Some(triad_api::push::PushConfig {
+            url: format!("http://127.0.0.1:{port}/push"),
+            max_attempts: 20,
+            base_backoff: StdDuration::from_millis(10),
+            max_backoff: StdDuration::from_millis(100),
+            timeout: StdDuration::from_millis(400),
+        }),
+    })
+    .await
+    .unwrap();
+    let anon = Client::new(server.addr, None);
+    let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+    for i in 0..2 {
+        let m = anon.with_token(Some(token(&format!("m{i}"), Role::Charity)));
+        register(
+            &m,
+            &format!("C{i}"),
+            40.0,
+            -3.7 + i as f64 * 0.01,
+            100.0,
+            &["PREPARED"],
+        )
+        .await;
+    }
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    for _ in 0..3 {
+        post(&donor, "PREPARED", 2.0, 40.0, -3.7).await.ok();
+    }
+    let expected = eventually(10, "six notifications in the outbox", || async {
+        let all =
+            triad_projections::notifications::with_status(server.store.read_pool(), "pending", 100)
+                .await
+                .unwrap();
+        (all.len() == 6).then_some(all)
+    })
+    .await;
+    // Let a few attempts be refused, then start the gateway.
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    let gateway = std::sync::Arc::new(FlakyGateway {
+        applied: Default::default(),
+        receipts: Default::default(),
+        healthy: true.into(),
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(gateway.clone().serve(listener));
+
+    eventually(30, "every notification delivered", || async {
+        (outbox(&server, "delivered").await.len() == 6).then_some(())
+    })
+    .await;
+    let applied = gateway.applied.lock().unwrap().clone();
+    assert_eq!(applied.len(), 6, "every notification applied");
+    assert!(
+        applied.values().all(|n| *n == 1),
+        "each applied exactly once: {applied:?}"
+    );
+    let keys: std::collections::HashSet<String> = expected.iter().map(|n| n.key.clone()).collect();
+    assert_eq!(
+        applied
+            .keys()
+            .cloned()
+            .collect::<std::collections::HashSet<_>>(),
+        keys
+    );
+    assert!(
+        gateway.receipts.lock().unwrap().values().all(|n| *n >= 4),
+        "each went through every failure mode"
+    );
+
+    // A gateway that keeps failing: notifications end dead-lettered, and a redrive delivers them.
+    gateway
+        .healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    post(&donor, "PREPARED", 1.0, 40.0, -3.7).await.ok();
+    let dead = eventually(30, "dead letters", || async {
+        let d = outbox(&server, "dead").await;
+        (d.len() == 2).then_some(d)
+    })
+    .await;
+    assert!(dead
+        .iter()
+        .all(|n| n.attempts == 20 && n.last_error.is_some()));
+    gateway
+        .healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        triad_projections::notifications::redrive(server.store.read_pool())
+            .await
+            .unwrap(),
+        2
+    );
+    eventually(30, "redriven notifications delivered", || async {
+        (outbox(&server, "delivered").await.len() == 8).then_some(())
+    })
+    .await;
+    assert_eq!(gateway.applied.lock().unwrap().len(), 8);
+}

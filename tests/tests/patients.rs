@@ -627,6 +627,7 @@ async fn digest_provider_against_a_local_stub() {
         jwt_secret: triad_tests::JWT_SECRET.into(),
         ws: Default::default(),
         tcp_send_buffer: None,
+        push: None,
         llm: Some(triad_api::digest::LlmConfig {
             url,
             model: "test-model".into(),
