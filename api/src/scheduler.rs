@@ -1,4 +1,4 @@
-//! Closes auctions when `endsAt` passes. Durable across restarts without state of its own:
+//! Closes auctions when `endsAt` passes, and expires donations whose food has expired. Durable across restarts without state of its own:
 //! each tick asks the read model which open auctions are due, and the aggregate decides
 //! (an auction extended by a late bid answers NotDue and is simply asked again later).
 
@@ -6,15 +6,18 @@ use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
 use triad_domain::auction::{Auction, AuctionCommand, AuctionError};
+use triad_domain::donation::{Donation, DonationCommand};
 use triad_domain::Actor;
 use triad_eventstore::{AggregateStore, CommandContext, CommandError, EventStore};
 use triad_projections::auctions::due_auctions;
+use triad_projections::donations::expired_donations;
 
 pub const TICK: Duration = Duration::from_millis(500);
 
 pub fn spawn(
     store: EventStore,
     auctions: Arc<AggregateStore<Auction>>,
+    donations: Arc<AggregateStore<Donation>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let system = Actor::system("scheduler");
@@ -22,6 +25,20 @@ pub fn spawn(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            match expired_donations(store.read_pool(), Utc::now(), 100).await {
+                Ok(ids) => {
+                    for id in ids {
+                        let context = CommandContext::new(system.clone(), format!("expire:{id}"));
+                        if let Err(e) = donations
+                            .execute(&id, DonationCommand::Expire { now: Utc::now() }, context)
+                            .await
+                        {
+                            tracing::warn!(donation = %id, error = %e, "scheduler could not expire donation");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduler cannot read expired donations"),
+            }
             let due = match due_auctions(store.read_pool(), Utc::now(), 100).await {
                 Ok(due) => due,
                 Err(e) => {

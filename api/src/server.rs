@@ -198,7 +198,7 @@ impl Server {
                 tracing::error!(error = %e, "http server stopped");
             }
         });
-        let scheduler = scheduler::spawn(store.clone(), auctions.clone());
+        let scheduler = scheduler::spawn(store.clone(), auctions.clone(), donations.clone());
         tracing::info!(%addr, store = %config.store, "triad is serving");
         Ok(Server {
             addr,

@@ -35,11 +35,22 @@ CREATE TABLE IF NOT EXISTS donation_view (
 );
 "#;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    postgres: DDL,
-    sqlite: DDL,
-}];
+const EXPIRY: &str =
+    "ALTER TABLE donation_view ADD COLUMN expires_at_ms bigint NOT NULL DEFAULT 0; \
+    CREATE INDEX IF NOT EXISTS donation_view_expiry_idx ON donation_view (status, expires_at_ms)";
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        postgres: DDL,
+        sqlite: DDL,
+    },
+    Migration {
+        version: 2,
+        postgres: EXPIRY,
+        sqlite: EXPIRY,
+    },
+];
 
 /// `,PRODUCE,BAKERY,`: portable "contains" with LIKE.
 fn accepts_text(types: &[FoodType]) -> String {
@@ -156,7 +167,7 @@ impl Projection for DonationProjection {
                         expires_at,
                         ..
                     } => {
-                        sqlx::query("INSERT INTO donation_view (donation_id, donor_id, food_type, quantity_kg, lat, lng, pickup_by, expires_at, status, claimed_by, proposals, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'OPEN', NULL, '[]', $9) ON CONFLICT DO NOTHING")
+                        sqlx::query("INSERT INTO donation_view (donation_id, donor_id, food_type, quantity_kg, lat, lng, pickup_by, expires_at, status, claimed_by, proposals, position, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'OPEN', NULL, '[]', $9, $10) ON CONFLICT DO NOTHING")
                             .bind(&donation_id)
                             .bind(donor.as_str())
                             .bind(food_type.as_str())
@@ -166,6 +177,7 @@ impl Projection for DonationProjection {
                             .bind(rfc3339(pickup_by))
                             .bind(rfc3339(expires_at))
                             .bind(e.position)
+                            .bind(expires_at.timestamp_millis())
                             .execute(&mut **tx)
                             .await?;
                         return Ok(());
@@ -228,4 +240,17 @@ pub async fn near_postgis(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(Into::into)
+}
+
+/// Open donations whose food has expired: the scheduler's work list.
+pub async fn expired_donations(
+    pool: &AnyPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<String>, ProjectionError> {
+    Ok(sqlx::query_scalar("SELECT donation_id FROM donation_view WHERE status = 'OPEN' AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2")
+        .bind(now.timestamp_millis())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?)
 }
