@@ -48,6 +48,32 @@ enum Command {
     },
     /// Print the GraphQL SDL (schemas/schema.graphql must equal it).
     Schema,
+    /// Print events from the global log in order (position, time, aggregate, type, payload).
+    Replay {
+        #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
+        store: String,
+        /// First position to print.
+        #[arg(long, default_value_t = 1)]
+        from: i64,
+        #[arg(long)]
+        limit: Option<i64>,
+        /// Only one aggregate: TYPE/ID (or just TYPE).
+        #[arg(long)]
+        aggregate: Option<String>,
+        /// Only these event types (repeatable).
+        #[arg(long = "type")]
+        event_types: Vec<String>,
+        #[arg(long, default_value = "table")]
+        format: triad_api::tools::Format,
+        /// Keep printing new events as they arrive.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Check the store (positions, sequences, hash chain, decryptability); exit 1 on a fault.
+    Verify {
+        #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
+        store: String,
+    },
     /// Donation notifications for the push gateway: list dead letters, or redrive them.
     Notifications {
         #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
@@ -199,6 +225,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            store,
+            from,
+            limit,
+            aggregate,
+            event_types,
+            format,
+            follow,
+        } => {
+            let store = triad_eventstore::EventStore::connect(&store.parse()?)
+                .await
+                .context("opening the store")?;
+            let (aggregate_type, aggregate_id) = match aggregate
+                .as_deref()
+                .map(|a| a.split_once('/').map_or((a, None), |(t, i)| (t, Some(i))))
+            {
+                Some((t, i)) => (Some(t.to_string()), i.map(str::to_string)),
+                None => (None, None),
+            };
+            let filter = triad_eventstore::store::LogFilter {
+                aggregate_type,
+                aggregate_id,
+                event_types,
+            };
+            let mut out = std::io::stdout().lock();
+            triad_api::tools::replay(&store, from, limit, &filter, format, follow, &mut out)
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { store } => {
+            let store = triad_eventstore::EventStore::connect(&store.parse()?)
+                .await
+                .context("opening the store")?;
+            let mut out = std::io::stdout().lock();
+            let sound = triad_api::tools::verify(&store, &mut out).await?;
+            Ok(if sound {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Schema => {
             print!("{}", triad_api::graphql::sdl());

@@ -91,6 +91,9 @@ pub enum AuctionEvent {
         reserve_price: Cents,
         ends_at: DateTime<Utc>,
         opened_at: DateTime<Utc>,
+        /// Version 2: whether a reserve applies (version 1 rows get it from the reserve
+        /// price, see `crate::upcasters`).
+        has_reserve: bool,
     },
     BidPlaced {
         bidder: UserId,
@@ -122,7 +125,11 @@ impl DomainEvent for AuctionEvent {
     }
 
     fn event_version(&self) -> String {
-        "1".to_string()
+        match self {
+            AuctionEvent::AuctionOpened { .. } => "2",
+            _ => "1",
+        }
+        .to_string()
     }
 }
 
@@ -235,6 +242,7 @@ impl Auction {
             reserve_price: *reserve_price,
             ends_at: *ends_at,
             opened_at: *now,
+            has_reserve: reserve_price.get() > 0,
         }])
     }
 
@@ -396,6 +404,7 @@ impl Aggregate for Auction {
                 reserve_price,
                 ends_at,
                 opened_at: _,
+                has_reserve: _,
             } => {
                 self.id = Some(auction_id);
                 self.status = AuctionStatus::Open;

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod money;
 pub mod patient;
 pub mod personal;
+pub mod upcasters;
 pub mod vitals;
 
 pub use actor::{Actor, Role};

@@ -14,6 +14,7 @@
 //! always a gap-free prefix.
 
 pub mod audit;
+pub mod chain;
 pub mod crypto;
 pub mod db;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod store;
 pub mod tail;
 pub mod upcast;
 pub mod url;
+pub mod verify;
 
 pub use error::StoreError;
 pub use executor::{AggregateStore, CommandContext, CommandError, Committed, Outcome};

@@ -146,6 +146,12 @@ CREATE INDEX IF NOT EXISTS events_unsequenced_idx ON events (insert_id) WHERE po
 "#,
         sqlite: "SELECT 1",
     },
+    Migration {
+        version: 4,
+        // The hash chain over the log (chain.rs).
+        postgres: "ALTER TABLE events ADD COLUMN IF NOT EXISTS hash text",
+        sqlite: "ALTER TABLE events ADD COLUMN hash text",
+    },
 ];
 
 /// Numbers committed, unnumbered rows in insert order after the highest position so far.

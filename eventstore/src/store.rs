@@ -76,13 +76,18 @@ struct Inner {
     unsequenced: watch::Sender<u64>,
     listener: Option<JoinHandle<()>>,
     sequencer: Option<JoinHandle<()>>,
+    chainer: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in [self.listener.take(), self.sequencer.take()]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.listener.take(),
+            self.sequencer.take(),
+            self.chainer.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
         }
@@ -113,7 +118,7 @@ impl StoreOptions {
     /// Every domain's personal-field declarations; the master key from TRIAD_MASTER_KEY.
     pub fn from_env() -> Result<Self, StoreError> {
         Ok(StoreOptions {
-            upcasters: Upcasters::default(),
+            upcasters: Upcasters::new(triad_domain::upcasters::all()),
             protection: Protection::new(triad_domain::patient::PROTECTED),
             master_key: MasterKey::from_env()?,
         })
@@ -153,6 +158,7 @@ impl EventStore {
                 None,
             ),
         };
+        let chainer = Some(spawn_chainer(db.clone(), appended.subscribe()));
         let keyring = Keyring::new(db.clone(), &master_key);
         let access_log = crate::audit::AccessLog::open(db.clone()).await?;
         Ok(EventStore {
@@ -169,6 +175,7 @@ impl EventStore {
                 unsequenced,
                 listener,
                 sequencer,
+                chainer,
             }),
         })
     }
@@ -505,6 +512,30 @@ struct RawRow {
     payload: serde_json::Value,
     metadata: serde_json::Value,
     recorded_at: DateTime<Utc>,
+}
+
+/// Extends the hash chain over newly positioned events, soon after they appear.
+fn spawn_chainer(db: Db, mut wake: watch::Receiver<u64>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            wake.borrow_and_update();
+            loop {
+                match crate::chain::extend(&db).await {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hash chain extension failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Rows numbered per sequencer statement at most.

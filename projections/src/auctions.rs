@@ -118,6 +118,7 @@ impl Projection for AuctionProjection {
                 reserve_price,
                 ends_at,
                 opened_at,
+                ..
             } => {
                 sqlx::query(
                     "INSERT INTO auction_view (auction_id, seller_id, title, status, \

@@ -255,6 +255,7 @@ proptest! {
             reserve_price: Cents::parse("p", 5_000).unwrap(),
             ends_at: t(3_600),
             opened_at: t(0),
+            has_reserve: true,
         });
         for e in log { replayed.apply(e); }
         prop_assert_eq!(replayed, state);

@@ -1,0 +1,234 @@
+//! Replay, verify (and the tampering it must name), and reading version-1 events.
+
+use serde_json::{json, Value};
+use triad_api::tools::{self, Format};
+use triad_domain::Role;
+use triad_eventstore::store::LogFilter;
+use triad_tests::gql::{open_auction, place_bid};
+use triad_tests::{eventually, settled, start_server, token, Backend, Client, TestDb};
+
+/// Two auctions with a few bids each; returns their ids.
+async fn seed(server: &triad_api::Server) -> (String, String) {
+    let anon = Client::new(server.addr, None);
+    let seller = anon.with_token(Some(token("seller-1", Role::Seller)));
+    let dealer = anon.with_token(Some(token("dealer-1", Role::Dealer)));
+    let a = open_auction(&seller, 1_000, 100, 0, 3_600).await;
+    let b = open_auction(&seller, 1_000, 100, 0, 3_600).await;
+    for i in 0..3 {
+        place_bid(&dealer, &a, 1_000 + i * 100, None).await.ok();
+        place_bid(&dealer, &b, 2_000 + i * 100, None).await.ok();
+    }
+    settled(&server.store).await;
+    (a, b)
+}
+
+async fn fully_hashed(server: &triad_api::Server) {
+    eventually(10, "the hash chain to cover the log", || async {
+        let links = triad_eventstore::chain::links(server.store.db(), 0, 10_000)
+            .await
+            .unwrap();
+        links.iter().all(|l| l.hash.is_some()).then_some(())
+    })
+    .await;
+}
+
+async fn replay_lines(
+    server: &triad_api::Server,
+    from: i64,
+    limit: Option<i64>,
+    filter: LogFilter,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    tools::replay(
+        &server.store,
+        from,
+        limit,
+        &filter,
+        Format::Json,
+        false,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn verify(server: &triad_api::Server) -> (bool, String) {
+    let mut out = Vec::new();
+    let ok = tools::verify(&server.store, &mut out).await.unwrap();
+    (ok, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_in_order_with_filters() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let server = start_server(&db).await;
+    let (a, _b) = seed(&server).await;
+    let all = replay_lines(&server, 1, None, LogFilter::default()).await;
+    assert_eq!(all.len(), 8);
+    let positions: Vec<i64> = all
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=8).collect::<Vec<_>>());
+    let only_a = replay_lines(&server, 1, None, LogFilter::aggregate("Auction", &a)).await;
+    assert_eq!(only_a.len(), 4);
+    assert!(only_a.iter().all(|e| e["aggregate_id"] == a.as_str()));
+    let bids = replay_lines(
+        &server,
+        1,
+        None,
+        LogFilter {
+            event_types: vec!["BidPlaced".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(bids.len(), 6);
+    let window = replay_lines(&server, 3, Some(2), LogFilter::default()).await;
+    assert_eq!(
+        window
+            .iter()
+            .map(|e| e["position"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+    let mut table = Vec::new();
+    tools::replay(
+        &server.store,
+        1,
+        Some(1),
+        &LogFilter::default(),
+        Format::Table,
+        false,
+        &mut table,
+    )
+    .await
+    .unwrap();
+    assert!(String::from_utf8(table).unwrap().contains("AuctionOpened"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_passes_on_a_healthy_store() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let db = TestDb::create(backend).await;
+        let server = start_server(&db).await;
+        seed(&server).await;
+        fully_hashed(&server).await;
+        let (ok, text) = verify(&server).await;
+        assert!(ok, "{backend:?}: {text}");
+        assert!(text.contains("8 events checked"), "{text}");
+    }
+}
+
+async fn tampered(tamper: &str) -> String {
+    let db = TestDb::create(Backend::Postgres).await;
+    let server = start_server(&db).await;
+    seed(&server).await;
+    fully_hashed(&server).await;
+    assert!(verify(&server).await.0);
+    sqlx::raw_sql(tamper)
+        .execute(server.store.read_pool())
+        .await
+        .unwrap();
+    let (ok, text) = verify(&server).await;
+    assert!(!ok, "tampering went unnoticed: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_each_kind_of_tampering() {
+    // 1. An event's content edited in place.
+    let text = tampered("UPDATE events SET payload = jsonb_set(payload, '{BidPlaced,amount}', '999999') WHERE position = 4").await;
+    assert!(
+        text.contains("FAULT position 4") && text.contains("hash chain broken"),
+        "{text}"
+    );
+
+    // 2. An event removed.
+    let text = tampered("DELETE FROM events WHERE position = 6").await;
+    assert!(text.contains("FAULT position 6: missing"), "{text}");
+    assert!(
+        text.contains("sequence"),
+        "the aggregate's sequence has a hole too: {text}"
+    );
+
+    // 3. An event rewritten with a freshly computed hash of its own: the next link breaks.
+    let db = TestDb::create(Backend::Postgres).await;
+    let server = start_server(&db).await;
+    seed(&server).await;
+    fully_hashed(&server).await;
+    sqlx::raw_sql("UPDATE events SET payload = jsonb_set(payload, '{BidPlaced,amount}', '5') WHERE position = 3").execute(server.store.read_pool()).await.unwrap();
+    let links = triad_eventstore::chain::links(server.store.db(), 2, 1)
+        .await
+        .unwrap();
+    let before = triad_eventstore::chain::links(server.store.db(), 0, 2)
+        .await
+        .unwrap();
+    let forged = triad_eventstore::chain::link_hash(before[1].hash.as_deref().unwrap(), &links[0]);
+    sqlx::query("UPDATE events SET hash = $1 WHERE position = 3")
+        .bind(&forged)
+        .execute(server.store.read_pool())
+        .await
+        .unwrap();
+    let (ok, text) = verify(&server).await;
+    assert!(!ok);
+    assert!(
+        !text.contains("FAULT position 3"),
+        "the forged event is self-consistent: {text}"
+    );
+    assert!(
+        text.contains("FAULT position 4") && text.contains("hash chain broken"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_one_events_are_upcast_on_read() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let db = TestDb::create(backend).await;
+        let server = start_server(&db).await;
+        // An AuctionOpened as version 1 wrote it: no has_reserve.
+        let ends = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+        let v1 = json!({ "AuctionOpened": { "auction_id": "old-1", "seller": "seller-1", "title": "Stored by v1", "starting_price": 1000, "min_increment": 100, "reserve_price": 5000, "ends_at": ends, "opened_at": chrono::Utc::now().to_rfc3339() } });
+        let meta = json!({ "event_id": uuid::Uuid::now_v7().to_string(), "command_id": "c", "correlation_id": "c", "causation_id": "c", "actor_sub": "seller-1", "actor_role": "seller", "recorded_at": chrono::Utc::now().to_rfc3339() });
+        let sql = match backend {
+            Backend::Postgres => "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES ('Auction', 'old-1', 1, 'AuctionOpened', '1', CAST($1 AS jsonb), CAST($2 AS jsonb))",
+            Backend::Sqlite => "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) VALUES ('Auction', 'old-1', 1, 'AuctionOpened', '1', $1, $2)",
+        };
+        sqlx::query(sql)
+            .bind(v1.to_string())
+            .bind(meta.to_string())
+            .execute(server.store.read_pool())
+            .await
+            .unwrap();
+        let read = eventually(10, "the v1 row in the log", || async {
+            let e = server
+                .store
+                .read(1, 10, &LogFilter::aggregate("Auction", "old-1"))
+                .await
+                .unwrap();
+            e.into_iter().next()
+        })
+        .await;
+        assert_eq!(read.event_version, "2", "{backend:?}");
+        assert_eq!(read.payload["AuctionOpened"]["has_reserve"], true);
+        // The aggregate loads through the upcaster too, and takes bids.
+        let dealer = Client::new(server.addr, Some(token("dealer-1", Role::Dealer)));
+        let r = place_bid(&dealer, "old-1", 1_000, None).await;
+        assert_eq!(r.ok()["placeBid"]["auction"]["version"], 2);
+        // The read model was built from it as well.
+        let anon = Client::new(server.addr, None);
+        eventually(10, "the read model", || async {
+            let r = anon
+                .query("{ auction(id: \"old-1\") { title } }", json!({}))
+                .await;
+            (r.ok()["auction"]["title"] == "Stored by v1").then_some(())
+        })
+        .await;
+    }
+}
