@@ -69,6 +69,22 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Rebuild read models from the log while servers keep running (swapped in atomically).
+    Rebuild {
+        #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
+        store: String,
+        /// Projections by name (auctions, patients, donations).
+        projections: Vec<String>,
+        /// Every replayable projection.
+        #[arg(long, conflicts_with_all = ["projections", "outdated"])]
+        all: bool,
+        /// Those whose code version differs from the version their rows were built with.
+        #[arg(long, conflicts_with = "projections")]
+        outdated: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Check the store (positions, sequences, hash chain, decryptability); exit 1 on a fault.
     Verify {
         #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
@@ -253,6 +269,75 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             triad_api::tools::replay(&store, from, limit, &filter, format, follow, &mut out)
                 .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rebuild {
+            store,
+            projections,
+            all,
+            outdated,
+            quiet,
+        } => {
+            let store = triad_eventstore::EventStore::connect(&store.parse()?)
+                .await
+                .context("opening the store")?;
+            let known = triad_api::server::projections(&store).await;
+            let mut chosen = vec![];
+            for p in &known {
+                let wanted = if all {
+                    p.replayable()
+                } else if outdated {
+                    p.replayable()
+                        && triad_projections::runner::stored_version(store.read_pool(), p.name())
+                            .await?
+                            != Some(p.version())
+                } else {
+                    projections.iter().any(|n| n == p.name())
+                };
+                if wanted {
+                    chosen.push(p.clone());
+                }
+            }
+            for name in &projections {
+                if !known.iter().any(|p| p.name() == name) {
+                    let names: Vec<&str> = known.iter().map(|p| p.name()).collect();
+                    anyhow::bail!(
+                        "unknown projection {name:?}: choose from {}",
+                        names.join(", ")
+                    );
+                }
+            }
+            if chosen.is_empty() && !outdated {
+                anyhow::bail!("name projections to rebuild, or use --all or --outdated");
+            }
+            for p in chosen {
+                let bar = if quiet {
+                    indicatif::ProgressBar::hidden()
+                } else {
+                    indicatif::ProgressBar::new(0)
+                };
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix:>12} [{bar:40}] {pos}/{len} events, {per_sec}, ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(p.name().to_string());
+                let started = std::time::Instant::now();
+                let head =
+                    triad_projections::rebuild::rebuild(&store, p.as_ref(), &|done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    })
+                    .await?;
+                bar.finish_and_clear();
+                println!(
+                    "{}: rebuilt to position {head} in {:.1?}",
+                    p.name(),
+                    started.elapsed()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { store } => {

@@ -22,7 +22,7 @@ use triad_projections::donations::{enable_postgis, DonationProjection};
 use triad_projections::geo::GeoIndex;
 use triad_projections::matcher::Matcher;
 use triad_projections::patients::PatientProjection;
-use triad_projections::{ProjectionError, ProjectionRunner};
+use triad_projections::{Projection, ProjectionError, ProjectionRunner};
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -50,6 +50,18 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Every read model `triad serve` keeps (and `triad rebuild` can rebuild).
+pub async fn projections(store: &EventStore) -> Vec<Arc<dyn Projection>> {
+    vec![
+        Arc::new(AuctionProjection),
+        Arc::new(PatientProjection::new(store.is_postgres())),
+        Arc::new(triad_projections::notifications::NotificationOutbox),
+        Arc::new(DonationProjection {
+            postgis: store.is_postgres() && enable_postgis(store.read_pool()).await,
+        }),
+    ]
 }
 
 /// Keeps the in-memory geo index up to date with the log (rebuilt from it at start).
@@ -119,20 +131,8 @@ impl Server {
     /// listens. Returns once the server accepts connections.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let store = EventStore::connect(&config.store).await?;
-        let runner = Arc::new(
-            ProjectionRunner::start(
-                store.clone(),
-                vec![
-                    Arc::new(AuctionProjection),
-                    Arc::new(PatientProjection::new(store.is_postgres())),
-                    Arc::new(triad_projections::notifications::NotificationOutbox),
-                    Arc::new(DonationProjection {
-                        postgis: store.is_postgres() && enable_postgis(store.read_pool()).await,
-                    }),
-                ],
-            )
-            .await?,
-        );
+        let runner =
+            Arc::new(ProjectionRunner::start(store.clone(), projections(&store).await).await?);
         let alert_engine = AlertEngine::start(
             store.clone(),
             Arc::new(AggregateStore::<PatientAlerts>::new(store.clone())),

@@ -99,6 +99,10 @@ impl Projection for AuctionProjection {
         MIGRATIONS
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["auction_view", "auction_leaderboard"]
+    }
+
     async fn apply(
         &self,
         tx: &mut Transaction<'static, Any>,

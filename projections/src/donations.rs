@@ -99,6 +99,14 @@ impl Projection for DonationProjection {
         MIGRATIONS
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        if self.postgis {
+            &["charity_view", "donation_view", "charity_geo"]
+        } else {
+            &["charity_view", "donation_view"]
+        }
+    }
+
     async fn apply(
         &self,
         tx: &mut Transaction<'static, Any>,

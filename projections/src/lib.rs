@@ -11,6 +11,7 @@ pub mod geo;
 pub mod matcher;
 pub mod notifications;
 pub mod patients;
+pub mod rebuild;
 pub mod runner;
 
 pub use runner::{Projection, ProjectionError, ProjectionRunner};

@@ -42,6 +42,15 @@ impl Projection for NotificationOutbox {
         MIGRATIONS
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["notifications"]
+    }
+
+    /// Rebuilding would forget what was delivered and send it again.
+    fn replayable(&self) -> bool {
+        false
+    }
+
     async fn apply(
         &self,
         tx: &mut Transaction<'static, Any>,

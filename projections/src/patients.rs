@@ -212,6 +212,19 @@ impl Projection for PatientProjection {
         &*MIGRATIONS
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "patient_view",
+            "patient_care_team",
+            "alert_rule_view",
+            "alert_view",
+            "vitals",
+            "vitals_minute",
+            "vitals_hour",
+            "vitals_day",
+        ]
+    }
+
     async fn apply(
         &self,
         tx: &mut Transaction<'static, Any>,

@@ -32,6 +32,21 @@ pub trait Projection: Send + Sync + 'static {
     /// Tables this projection owns.
     fn migrations(&self) -> &'static [Migration];
 
+    /// Bump when the projection's code changes what it writes: a stored version that differs
+    /// makes `triad serve` rebuild it at start (and `triad rebuild --outdated` list it).
+    fn version(&self) -> i64 {
+        1
+    }
+
+    /// The tables a rebuild empties before replaying the log into them.
+    fn tables(&self) -> &'static [&'static str];
+
+    /// Whether replaying the log into this projection is free of side effects. Projections
+    /// that feed the outside world (the notification outbox) are not: a rebuild refuses them.
+    fn replayable(&self) -> bool {
+        true
+    }
+
     /// Applies one event inside the batch's transaction. Events of no interest are ignored.
     async fn apply(
         &self,
@@ -40,11 +55,33 @@ pub trait Projection: Send + Sync + 'static {
     ) -> Result<(), ProjectionError>;
 }
 
-const CHECKPOINT_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    postgres: "CREATE TABLE IF NOT EXISTS projection_checkpoints (name text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
-    sqlite: "CREATE TABLE IF NOT EXISTS projection_checkpoints (name text PRIMARY KEY, position integer NOT NULL, updated_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
-}];
+const CHECKPOINT_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        postgres: "CREATE TABLE IF NOT EXISTS projection_checkpoints (name text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())",
+        sqlite: "CREATE TABLE IF NOT EXISTS projection_checkpoints (name text PRIMARY KEY, position integer NOT NULL, updated_at text NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+    },
+    Migration {
+        version: 2,
+        postgres: "ALTER TABLE projection_checkpoints ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 1",
+        sqlite: "ALTER TABLE projection_checkpoints ADD COLUMN version integer NOT NULL DEFAULT 1",
+    },
+];
+
+pub(crate) async fn migrate_checkpoints(store: &EventStore) -> Result<(), ProjectionError> {
+    store.migrate("projections", CHECKPOINT_MIGRATIONS).await?;
+    Ok(())
+}
+
+/// The version a projection's rows were built with (1 for rows from before versions).
+pub async fn stored_version(pool: &AnyPool, name: &str) -> Result<Option<i64>, ProjectionError> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
 
 pub async fn checkpoint(pool: &AnyPool, name: &str) -> Result<Position, ProjectionError> {
     let position: Option<i64> =
@@ -96,15 +133,26 @@ impl ProjectionRunner {
         store: EventStore,
         projections: Vec<Arc<dyn Projection>>,
     ) -> Result<Self, ProjectionError> {
-        store.migrate("projections", CHECKPOINT_MIGRATIONS).await?;
+        migrate_checkpoints(&store).await?;
         let mut progress = BTreeMap::new();
         let mut tasks = vec![];
         for p in projections {
             store.migrate(p.name(), p.migrations()).await?;
-            sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
+            sqlx::query("INSERT INTO projection_checkpoints (name, position, version) VALUES ($1, 0, $2) ON CONFLICT (name) DO NOTHING")
                 .bind(p.name())
+                .bind(p.version())
                 .execute(store.read_pool())
                 .await?;
+            if stored_version(store.read_pool(), p.name()).await? != Some(p.version())
+                && p.replayable()
+            {
+                tracing::info!(
+                    projection = p.name(),
+                    version = p.version(),
+                    "projection code changed: rebuilding it from the log"
+                );
+                crate::rebuild::rebuild(&store, p.as_ref(), &|_, _| {}).await?;
+            }
             let from = checkpoint(store.read_pool(), p.name()).await?;
             let (tx, rx) = watch::channel(from);
             progress.insert(p.name(), rx);
