@@ -28,7 +28,7 @@ lint:
 
 schema:
 	mkdir -p schemas
-	$(CARGO) run -q -p triad-api --bin triad -- schema > schemas/schema.graphql
+	$(CARGO) run -q -p triad-api --bin triad -- schema --events-dir schemas/events > schemas/schema.graphql
 
 clean-data:
 	rm -rf data/

@@ -47,7 +47,11 @@ enum Command {
         ttl: String,
     },
     /// Print the GraphQL SDL (schemas/schema.graphql must equal it).
-    Schema,
+    Schema {
+        /// Also write the event catalog (one JSON Schema per event type and version) here.
+        #[arg(long)]
+        events_dir: Option<std::path::PathBuf>,
+    },
     /// Print events from the global log in order (position, time, aggregate, type, payload).
     Replay {
         #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
@@ -352,7 +356,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Schema => {
+        Command::Schema { events_dir } => {
+            if let Some(dir) = events_dir {
+                for (aggregate, event_type, version, schema) in triad_domain::catalog::schemas() {
+                    let path = dir
+                        .join(aggregate)
+                        .join(format!("{event_type}.v{version}.json"));
+                    std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
+                    std::fs::write(&path, serde_json::to_string_pretty(&schema)? + "\n")?;
+                }
+            }
             print!("{}", triad_api::graphql::sdl());
             Ok(ExitCode::SUCCESS)
         }

@@ -73,14 +73,14 @@ pub enum AuctionCommand {
     Close { by: Actor, now: DateTime<Utc> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CloseOutcome {
     Sold { winner: UserId, amount: Cents },
     Unsold { highest: Option<Cents> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AuctionEvent {
     AuctionOpened {
         auction_id: AuctionId,
@@ -125,11 +125,7 @@ impl DomainEvent for AuctionEvent {
     }
 
     fn event_version(&self) -> String {
-        match self {
-            AuctionEvent::AuctionOpened { .. } => "2",
-            _ => "1",
-        }
-        .to_string()
+        crate::catalog::version_of(&self.event_type()).to_string()
     }
 }
 

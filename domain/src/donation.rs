@@ -22,7 +22,19 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_KG: f64 = 100_000.0;
 pub const MAX_NAME_LEN: usize = 200;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FoodType {
     Produce,
@@ -136,7 +148,7 @@ pub enum CharityCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CharityEvent {
     CharityRegistered {
         charity_id: String,
@@ -175,7 +187,7 @@ impl DomainEvent for CharityEvent {
         .to_string()
     }
     fn event_version(&self) -> String {
-        "1".to_string()
+        crate::catalog::version_of(&self.event_type()).to_string()
     }
 }
 
@@ -418,7 +430,7 @@ impl DonationStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Proposal {
     pub charity_id: String,
     pub distance_km: f64,
@@ -462,7 +474,7 @@ pub enum DonationCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum DonationEvent {
     DonationPosted {
         donation_id: String,
@@ -510,7 +522,7 @@ impl DomainEvent for DonationEvent {
         .to_string()
     }
     fn event_version(&self) -> String {
-        "1".to_string()
+        crate::catalog::version_of(&self.event_type()).to_string()
     }
 }
 

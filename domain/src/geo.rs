@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Mean Earth radius (IUGG), the sphere all Triad distances are measured on.
 pub const EARTH_RADIUS_KM: f64 = 6_371.008_8;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GeoPoint {
     pub lat: f64,
     pub lng: f64,

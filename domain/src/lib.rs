@@ -9,6 +9,7 @@
 pub mod actor;
 pub mod alerting;
 pub mod auction;
+pub mod catalog;
 pub mod decider;
 pub mod donation;
 pub mod geo;

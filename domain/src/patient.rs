@@ -86,7 +86,7 @@ impl PatientError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RuleDefinition {
     pub rule_id: String,
     pub kind: VitalKind,
@@ -126,7 +126,7 @@ pub enum PatientCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum PatientEvent {
     PatientEnrolled {
         patient_id: String,
@@ -166,7 +166,7 @@ impl DomainEvent for PatientEvent {
         .to_string()
     }
     fn event_version(&self) -> String {
-        "1".to_string()
+        crate::catalog::version_of(&self.event_type()).to_string()
     }
 }
 
@@ -357,7 +357,7 @@ impl Aggregate for Patient {
 // ---------------------------------------------------------------------------------------
 // PatientVitals (one patient, one UTC day)
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Reading {
     pub kind: VitalKind,
     pub value: Personal<f64>,
@@ -372,7 +372,7 @@ pub struct RecordVitals {
     pub recorded_by: Actor,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum VitalsEvent {
     VitalsRecorded {
         patient_id: String,
@@ -385,7 +385,7 @@ impl DomainEvent for VitalsEvent {
         "VitalsRecorded".to_string()
     }
     fn event_version(&self) -> String {
-        "1".to_string()
+        crate::catalog::version_of(&self.event_type()).to_string()
     }
 }
 
@@ -476,7 +476,7 @@ pub enum AlertCommand {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AlertEvent {
     AlertRaised {
         alert_id: String,
@@ -504,7 +504,7 @@ impl DomainEvent for AlertEvent {
         .to_string()
     }
     fn event_version(&self) -> String {
-        "1".to_string()
+        crate::catalog::version_of(&self.event_type()).to_string()
     }
 }
 

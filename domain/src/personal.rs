@@ -49,3 +49,15 @@ pub struct ProtectedFields {
     /// Per event type, JSON pointers into the payload; `*` matches every array element.
     pub fields: &'static [(&'static str, &'static [&'static str])],
 }
+
+impl<T: schemars::JsonSchema> schemars::JsonSchema for Personal<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Personal_{}", T::schema_name()).into()
+    }
+
+    /// Personal data reads as its value, or `null` once shredded. (Stored, it is sealed:
+    /// `"enc:v1:..."`; the catalog describes what readers see.)
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <Option<T>>::json_schema(generator)
+    }
+}

@@ -722,3 +722,28 @@ async fn audit_as_of_equals_the_state_at_that_time() {
     assert_eq!(events_now, 3);
     assert_eq!(now["highest"]["amount"], 1_500);
 }
+
+/// schemas/events/ holds one JSON Schema per event type and version; the current ones equal
+/// what the Rust types generate (`make schema` rewrites them).
+#[test]
+fn event_catalog_equals_the_code() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/events");
+    let catalog = triad_domain::catalog::schemas();
+    assert!(catalog.len() >= 20);
+    for (aggregate, event_type, version, schema) in catalog {
+        let path = dir
+            .join(aggregate)
+            .join(format!("{event_type}.v{version}.json"));
+        let on_disk = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("{} is missing: run `make schema`", path.display()));
+        let on_disk: Value = serde_json::from_str(&on_disk).unwrap();
+        assert_eq!(
+            on_disk,
+            schema,
+            "{} is stale: run `make schema`",
+            path.display()
+        );
+    }
+    // Superseded versions stay documented beside the current one.
+    assert!(dir.join("Auction/AuctionOpened.v1.json").exists());
+}
