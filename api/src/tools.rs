@@ -38,7 +38,7 @@ impl std::str::FromStr for Format {
 }
 
 /// Every event of one aggregate, oldest first.
-async fn history(
+pub async fn history(
     store: &EventStore,
     aggregate_type: &str,
     id: &str,
@@ -69,7 +69,7 @@ fn fold<A: Aggregate>(events: &[RecordedEvent]) -> Result<Value, ToolError> {
 }
 
 /// The aggregate's state after `events` (types this build knows).
-fn state_of(aggregate_type: &str, events: &[RecordedEvent]) -> Result<Value, ToolError> {
+pub fn state_of(aggregate_type: &str, events: &[RecordedEvent]) -> Result<Value, ToolError> {
     match aggregate_type {
         "Auction" => fold::<Auction>(events),
         "Patient" => fold::<Patient>(events),

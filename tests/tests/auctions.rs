@@ -721,6 +721,17 @@ async fn audit_as_of_equals_the_state_at_that_time() {
     let (events_now, now) = audit(None).await;
     assert_eq!(events_now, 3);
     assert_eq!(now["highest"]["amount"], 1_500);
+    // The same through GraphQL, for admins only.
+    let q = "query($id: String!, $t: DateTime) { aggregateHistory(type: \"Auction\", id: $id, asOf: $t) { events { position eventType actorRole } state } }";
+    let admin = anon.with_token(Some(token("admin-1", Role::Admin)));
+    let r = admin
+        .query(q, json!({ "id": id, "t": between.to_rfc3339() }))
+        .await;
+    let h = r.ok()["aggregateHistory"].clone();
+    assert_eq!(h["events"].as_array().unwrap().len(), 2);
+    assert_eq!(h["state"], then);
+    let r = dealer(&anon, 1).query(q, json!({ "id": id })).await;
+    assert_eq!(r.code(), Some("FORBIDDEN"));
 }
 
 /// schemas/events/ holds one JSON Schema per event type and version; the current ones equal

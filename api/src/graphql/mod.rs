@@ -6,6 +6,7 @@
 
 pub mod auctions;
 pub mod donations;
+pub mod history;
 pub mod live;
 pub mod patients;
 
@@ -23,6 +24,7 @@ pub struct Query(
     auctions::AuctionQuery,
     patients::PatientQuery,
     donations::DonationQuery,
+    history::HistoryQuery,
 );
 
 #[derive(MergedObject, Default)]
