@@ -11,6 +11,7 @@ pub mod errors;
 pub mod graphql;
 pub mod http;
 pub mod push;
+pub mod relay;
 pub mod scheduler;
 pub mod server;
 pub mod tools;

@@ -89,6 +89,20 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Relay sold/unsold auctions to the ERP (TRIAD_ERP_URL) on its own, or manage its dead letters.
+    Relay {
+        #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
+        store: String,
+        /// The ERP endpoint.
+        #[arg(long, env = "TRIAD_ERP_URL")]
+        erp_url: Option<String>,
+        /// List dead-lettered messages (and those held behind them).
+        #[arg(long)]
+        dead_letters: bool,
+        /// Deliver dead-lettered messages again, in order per auction.
+        #[arg(long, conflicts_with = "dead_letters")]
+        redrive: bool,
+    },
     /// Check the store (positions, sequences, hash chain, decryptability); exit 1 on a fault.
     Verify {
         #[arg(long, env = "TRIAD_STORE", default_value = triad_eventstore::url::DEFAULT_STORE_URL)]
@@ -166,6 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tcp_send_buffer: None,
                 llm: triad_api::digest::LlmConfig::from_env(),
                 push: triad_api::push::PushConfig::from_env(),
+                relay: triad_api::relay::RelayConfig::from_env(),
             })
             .await
             .context("starting the server")?;
@@ -341,6 +356,58 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     p.name(),
                     started.elapsed()
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay {
+            store,
+            erp_url,
+            dead_letters,
+            redrive,
+        } => {
+            let store = triad_eventstore::EventStore::connect(&store.parse()?)
+                .await
+                .context("opening the store")?;
+            let mut config = triad_api::relay::RelayConfig::from_env().unwrap_or(
+                triad_api::relay::RelayConfig {
+                    url: String::new(),
+                    auth_header: std::env::var("TRIAD_ERP_AUTH").ok(),
+                    max_attempts: 8,
+                    base_backoff: std::time::Duration::from_millis(200),
+                    max_backoff: std::time::Duration::from_secs(60),
+                    timeout: std::time::Duration::from_secs(10),
+                },
+            );
+            if let Some(url) = erp_url {
+                config.url = url;
+            }
+            if let Ok(n) = std::env::var("TRIAD_ERP_MAX_ATTEMPTS") {
+                config.max_attempts = n.parse().context("TRIAD_ERP_MAX_ATTEMPTS")?;
+            }
+            if let Ok(ms) = std::env::var("TRIAD_ERP_BACKOFF_MS") {
+                let ms: u64 = ms.parse().context("TRIAD_ERP_BACKOFF_MS")?;
+                config.base_backoff = std::time::Duration::from_millis(ms);
+                config.max_backoff = std::time::Duration::from_millis(ms * 8);
+            }
+            if let Ok(ms) = std::env::var("TRIAD_ERP_TIMEOUT_MS") {
+                config.timeout =
+                    std::time::Duration::from_millis(ms.parse().context("TRIAD_ERP_TIMEOUT_MS")?);
+            }
+            if config.url.is_empty() && !dead_letters {
+                anyhow::bail!("set TRIAD_ERP_URL or --erp-url");
+            }
+            let relay = triad_api::relay::Relay::new(store, config).await?;
+            if dead_letters {
+                for (key, auction, position, status, error) in relay.dead_letters().await? {
+                    println!(
+                        "{position}\t{auction}\t{status}\t{key}\t{}",
+                        error.unwrap_or_default()
+                    );
+                }
+            } else if redrive {
+                println!("{} message(s) delivered", relay.redrive().await?);
+            } else {
+                relay.run().await?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     /// SO_SNDBUF for accepted sockets; `None` leaves the kernel's autotuning alone. Tests set
     /// it small to make a stalled consumer's backlog reach the outbox quickly.
     pub tcp_send_buffer: Option<usize>,
+    /// The ERP for integration events (TRIAD_ERP_URL); `None`: relay off.
+    pub relay: Option<crate::relay::RelayConfig>,
     /// The push gateway for donation notifications (TRIAD_PUSH_URL); `None`: subscriptions only.
     pub push: Option<crate::push::PushConfig>,
     /// The digest's language-model provider (TRIAD_LLM_URL); `None`: built-in only.
@@ -45,6 +47,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    #[error(transparent)]
+    Relay(#[from] crate::relay::RelayError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -111,6 +115,7 @@ pub struct Server {
     matcher: JoinHandle<()>,
     geo_feed: JoinHandle<()>,
     push: Option<JoinHandle<()>>,
+    relay: Option<JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -120,8 +125,8 @@ impl Drop for Server {
         self.alert_engine.abort();
         self.matcher.abort();
         self.geo_feed.abort();
-        if let Some(push) = &self.push {
-            push.abort();
+        for task in [&self.push, &self.relay].into_iter().flatten() {
+            task.abort();
         }
     }
 }
@@ -147,6 +152,10 @@ impl Server {
             .push
             .clone()
             .map(|p| crate::push::spawn(store.clone(), p));
+        let relay = match config.relay.clone() {
+            Some(r) => Some(crate::relay::start(store.clone(), r).await?),
+            None => None,
+        };
         let tail = LogTail::start(store.clone()).await?;
         let auctions = Arc::new(AggregateStore::<Auction>::new(store.clone()));
         let schema = build_schema(Some(Services {
@@ -214,6 +223,7 @@ impl Server {
             matcher,
             geo_feed,
             push,
+            relay,
         })
     }
 

@@ -2,6 +2,7 @@
 //! HTTP and WebSocket clients.
 
 pub mod db;
+pub mod erp;
 pub mod gql;
 pub mod ws;
 
@@ -35,6 +36,7 @@ pub async fn start_server_with(
             tcp_send_buffer,
             llm: None,
             push: None,
+            relay: None,
         })
         .await
         .expect("server starts"),

@@ -424,6 +424,7 @@ async fn notifications_survive_a_flaky_gateway_and_dead_letters_redrive() {
         ws: Default::default(),
         tcp_send_buffer: None,
         llm: None,
+        relay: None,
         push: Some(triad_api::push::PushConfig {
             url: format!("http://127.0.0.1:{port}/push"),
             max_attempts: 20,

@@ -628,6 +628,7 @@ async fn digest_provider_against_a_local_stub() {
         ws: Default::default(),
         tcp_send_buffer: None,
         push: None,
+        relay: None,
         llm: Some(triad_api::digest::LlmConfig {
             url,
             model: "test-model".into(),
