@@ -25,7 +25,7 @@ const SPACING: Duration = Duration::from_millis(250);
 /// A mode's collection ends this long after the last frame when deliveries are missing.
 const QUIET: Duration = Duration::from_secs(3);
 
-type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// What a subscriber saw: a `next` with an amount, or something else (`amount` < 0).
 struct Delivery {
@@ -58,7 +58,12 @@ fn amount_of(frame: &str) -> Option<i64> {
     rest[..end].parse().ok()
 }
 
-async fn connect(i: usize, server: SocketAddr, init: &str, subscribe: &str) -> Result<Ws, String> {
+pub async fn connect(
+    i: usize,
+    server: SocketAddr,
+    init: &str,
+    subscribe: &str,
+) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
         .set_reuseaddr(true)

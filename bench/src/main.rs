@@ -7,7 +7,10 @@
 //! 1. "hot auction": 200 dealers bidding on one auction;
 //! 2. "1,000 auctions": 200 dealers bidding on random auctions of 1,000;
 //! 3. "baseline INSERT": single-row INSERT transactions from 32 connections, same PostgreSQL;
-//! 4. "fan-out": N graphql-transport-ws subscribers of one auction, spaced and burst bids.
+//! 4. "fan-out": N graphql-transport-ws subscribers of one auction, spaced and burst bids;
+//! 5. "vitals": recordVitals ingest against a COPY baseline, alert latency over
+//!    graphql-transport-ws, and vitals queries over N patients x 30 days loaded into the
+//!    read model.
 //!
 //! Prints one table and writes target/bench/<UTC timestamp>.json and target/bench/latest.json.
 //! Run with `make bench` (BENCH_ARGS="--quick" for a smoke run).
@@ -18,6 +21,7 @@ mod fanout;
 mod report;
 mod server;
 mod sys;
+mod vitals;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -27,12 +31,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Default of --vitals-patients: loading 1,000 takes over 3 minutes on 2 cores.
+const VITALS_PATIENTS: usize = 500;
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Section {
     Hot,
     Many,
     Baseline,
     Fanout,
+    Vitals,
 }
 
 #[derive(Parser, Debug)]
@@ -44,10 +52,10 @@ struct Args {
     /// Subscriber counts for the fan-out section, comma separated.
     #[arg(long, default_value = "1000,10000", value_delimiter = ',')]
     fanout: Vec<usize>,
-    /// Sections to leave out (hot, many, baseline, fanout); repeatable or comma separated.
+    /// Sections to leave out (hot, many, baseline, fanout, vitals); repeatable or comma separated.
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1..)]
     skip: Vec<Section>,
-    /// Smoke run: 3 s per section and 200 subscribers.
+    /// Smoke run: 3 s per section, 200 subscribers, 10 alert episodes, 20 vitals patients.
     #[arg(long)]
     quick: bool,
     /// Concurrent dealer tasks in the bid sections.
@@ -59,6 +67,16 @@ struct Args {
     /// Connections in the baseline section.
     #[arg(long, default_value_t = 32)]
     baseline_connections: usize,
+    /// Patients loaded with 30 days of minute data for the vitals query measurements
+    /// [default: 500; 20 with --quick].
+    #[arg(long)]
+    vitals_patients: Option<usize>,
+    /// Concurrent recordVitals tasks in the vitals ingest measurement.
+    #[arg(long, default_value_t = 32)]
+    vitals_ingest_tasks: usize,
+    /// Alert episodes measured in the vitals section [default: 30; 10 with --quick].
+    #[arg(long)]
+    vitals_episodes: Option<usize>,
     /// Admin database of the PostgreSQL server to use.
     #[arg(
         long,
@@ -79,9 +97,15 @@ struct Machine {
 
 fn main() -> ExitCode {
     let mut args = Args::parse();
+    if !args.quick {
+        args.vitals_patients.get_or_insert(VITALS_PATIENTS);
+        args.vitals_episodes.get_or_insert(30);
+    }
     if args.quick {
         args.duration_secs = 3;
         args.fanout = vec![200];
+        args.vitals_patients.get_or_insert(20);
+        args.vitals_episodes.get_or_insert(10);
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -192,8 +216,9 @@ async fn run(args: Args, machine: Machine, triad: PathBuf, report_dir: PathBuf) 
     );
 
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     let interrupted = tokio::select! {
-        _ = sections(&args, &db, &srv, &mut rows) => false,
+        _ = sections(&args, &db, &srv, &mut rows, &mut notes) => false,
         _ = tokio::signal::ctrl_c() => true,
     };
     let server_alive = sys::cpu_ticks(srv.pid).is_some();
@@ -207,7 +232,8 @@ async fn run(args: Args, machine: Machine, triad: PathBuf, report_dir: PathBuf) 
     }
 
     let table = report::table(&rows);
-    let ratios = ratio_lines(&rows);
+    let mut ratios = ratio_lines(&rows);
+    ratios.extend(notes);
     let machine_line = format!(
         "machine: nproc={}, PostgreSQL {}, server on CPU {}, bench on CPU {}, RLIMIT_NOFILE={}{}",
         machine.nproc,
@@ -229,6 +255,11 @@ async fn run(args: Args, machine: Machine, triad: PathBuf, report_dir: PathBuf) 
     println!(
         "ops/s = decided bids/s (accepted + BID_TOO_LOW) | INSERT tx/s | fan-out deliveries/s; latencies: placeBid round trip | INSERT | bid accepted -> frame received"
     );
+    if rows.iter().any(|r| r.section.starts_with("vitals")) {
+        println!(
+            "vitals: ingest ops/s = readings/s, latency = 100-reading recordVitals round trip | COPY rows/s | alert: recordVitals response -> alertRaised frame (expected/lost/dup = episodes) | load rows/s | query queries/s, round trip as the doctor"
+        );
+    }
     println!("{machine_line}");
     if !server_alive {
         println!(
@@ -248,6 +279,9 @@ async fn run(args: Args, machine: Machine, triad: PathBuf, report_dir: PathBuf) 
             "dealers": args.dealers,
             "auctions": args.auctions,
             "baseline_connections": args.baseline_connections,
+            "vitals_patients": args.vitals_patients,
+            "vitals_ingest_tasks": args.vitals_ingest_tasks,
+            "vitals_episodes": args.vitals_episodes,
         },
         "machine": {
             "nproc": machine.nproc,
@@ -277,6 +311,7 @@ async fn sections(
     db: &server::BenchDb,
     srv: &server::ServerProcess,
     rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
 ) {
     let duration = Duration::from_secs(args.duration_secs);
     let gql = match bids::Gql::new(srv.addr) {
@@ -329,6 +364,17 @@ async fn sections(
             eprintln!("triad-bench: fan-out to {n} subscribers");
             rows.extend(fanout::run(&gql, srv.addr, srv.pid, n).await);
         }
+    }
+    if run(Section::Vitals) {
+        let cfg = vitals::Config {
+            ingest_duration: duration,
+            ingest_tasks: args.vitals_ingest_tasks,
+            episodes: args.vitals_episodes.unwrap_or(30),
+            query_patients: args.vitals_patients.unwrap_or(VITALS_PATIENTS),
+        };
+        let (more, lines) = vitals::run(&gql, srv.addr, &db.url, &cfg).await;
+        rows.extend(more);
+        notes.extend(lines);
     }
 }
 
