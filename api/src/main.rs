@@ -137,6 +137,15 @@ enum Command {
     },
 }
 
+/// Opens the store for a tool subcommand (connection errors exit with code 2).
+async fn open_store(url: &str) -> anyhow::Result<triad_eventstore::EventStore> {
+    let url: StoreUrl = url.parse()?;
+    // StoreUrl's Display hides credentials.
+    triad_eventstore::EventStore::connect(&url)
+        .await
+        .with_context(|| format!("opening the store {url}"))
+}
+
 fn jwt_secret() -> String {
     std::env::var("TRIAD_JWT_SECRET").unwrap_or_else(|_| DEV_SECRET.to_string())
 }
@@ -211,9 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             reads,
             format,
         } => {
-            let store = triad_eventstore::EventStore::connect(&store.parse()?)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&store).await?;
             let mut out = std::io::stdout().lock();
             if let Some(subject) = reads {
                 let intact =
@@ -239,9 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dead_letters,
             redrive,
         } => {
-            let store = triad_eventstore::EventStore::connect(&store.parse()?)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&store).await?;
             let pool = store.read_pool();
             if redrive {
                 let n = triad_projections::notifications::redrive(pool).await?;
@@ -270,9 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             follow,
         } => {
-            let store = triad_eventstore::EventStore::connect(&store.parse()?)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&store).await?;
             let (aggregate_type, aggregate_id) = match aggregate
                 .as_deref()
                 .map(|a| a.split_once('/').map_or((a, None), |(t, i)| (t, Some(i))))
@@ -297,9 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             outdated,
             quiet,
         } => {
-            let store = triad_eventstore::EventStore::connect(&store.parse()?)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&store).await?;
             let known = triad_api::server::projections(&store).await;
             let mut chosen = vec![];
             for p in &known {
@@ -365,9 +366,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dead_letters,
             redrive,
         } => {
-            let store = triad_eventstore::EventStore::connect(&store.parse()?)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&store).await?;
             let mut config = triad_api::relay::RelayConfig::from_env().unwrap_or(
                 triad_api::relay::RelayConfig {
                     url: String::new(),
@@ -412,9 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { store } => {
-            let store = triad_eventstore::EventStore::connect(&store.parse()?)
-                .await
-                .context("opening the store")?;
+            let store = open_store(&store).await?;
             let mut out = std::io::stdout().lock();
             let sound = triad_api::tools::verify(&store, &mut out).await?;
             Ok(if sound {

@@ -383,10 +383,7 @@ impl Aggregate for Auction {
         _service: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(&command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
+        crate::decider::handle(self, command, sink).await
     }
 
     fn apply(&mut self, event: Self::Event) {

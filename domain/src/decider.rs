@@ -17,3 +17,16 @@ pub trait Decider: Aggregate {
 
     fn summary(&self) -> Self::Summary;
 }
+
+/// `Aggregate::handle` for every decider: decide, then write each event to the sink (which
+/// applies it). One body for all aggregates.
+pub async fn handle<A: Decider>(
+    aggregate: &mut A,
+    command: A::Command,
+    sink: &cqrs_es::event_sink::EventSink<A>,
+) -> Result<(), A::Error> {
+    for event in aggregate.decide(&command)? {
+        sink.write(event, aggregate).await;
+    }
+    Ok(())
+}

@@ -347,10 +347,7 @@ impl Aggregate for Charity {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for e in self.decide(&command)? {
-            sink.write(e, self).await;
-        }
-        Ok(())
+        crate::decider::handle(self, command, sink).await
     }
 
     fn apply(&mut self, event: CharityEvent) {
@@ -686,10 +683,7 @@ impl Aggregate for Donation {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for e in self.decide(&command)? {
-            sink.write(e, self).await;
-        }
-        Ok(())
+        crate::decider::handle(self, command, sink).await
     }
 
     fn apply(&mut self, event: DonationEvent) {

@@ -315,10 +315,7 @@ impl Aggregate for Patient {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for e in self.decide(&command)? {
-            sink.write(e, self).await;
-        }
-        Ok(())
+        crate::decider::handle(self, command, sink).await
     }
 
     fn apply(&mut self, event: PatientEvent) {
@@ -441,10 +438,7 @@ impl Aggregate for PatientVitals {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for e in self.decide(&command)? {
-            sink.write(e, self).await;
-        }
-        Ok(())
+        crate::decider::handle(self, command, sink).await
     }
 
     fn apply(&mut self, event: VitalsEvent) {
@@ -588,10 +582,7 @@ impl Aggregate for PatientAlerts {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for e in self.decide(&command)? {
-            sink.write(e, self).await;
-        }
-        Ok(())
+        crate::decider::handle(self, command, sink).await
     }
 
     fn apply(&mut self, event: AlertEvent) {

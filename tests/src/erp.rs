@@ -65,39 +65,10 @@ impl Erp {
     }
 
     async fn handle(&self, mut socket: tokio::net::TcpStream) {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let (head_end, length) = loop {
-            let Ok(n) = socket.read(&mut chunk).await else {
-                return;
-            };
-            if n == 0 {
-                return;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                break (i + 4, length);
-            }
+        let Some((_, body)) = read_request(&mut socket).await else {
+            return;
         };
-        while buf.len() < head_end + length {
-            let Ok(n) = socket.read(&mut chunk).await else {
-                return;
-            };
-            if n == 0 {
-                return;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body: Value =
-            serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let key = body["idempotencyKey"]
             .as_str()
             .unwrap_or_default()
@@ -138,4 +109,37 @@ impl Erp {
             }
         }
     }
+}
+
+/// Reads one HTTP/1.1 request (head and body by Content-Length) from a test server's socket.
+pub async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, length) = loop {
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            break (i + 4, length);
+        }
+    };
+    while buf.len() < head_end + length {
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    Some((head, buf[head_end..head_end + length].to_vec()))
 }

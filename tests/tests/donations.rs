@@ -321,39 +321,10 @@ impl FlakyGateway {
     }
 
     async fn handle(&self, mut socket: tokio::net::TcpStream) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let (head_end, length) = loop {
-            let Ok(n) = socket.read(&mut chunk).await else {
-                return;
-            };
-            if n == 0 {
-                return;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                break (i + 4, length);
-            }
+        use tokio::io::AsyncWriteExt;
+        let Some((head, body)) = triad_tests::erp::read_request(&mut socket).await else {
+            return;
         };
-        while buf.len() < head_end + length {
-            let Ok(n) = socket.read(&mut chunk).await else {
-                return;
-            };
-            if n == 0 {
-                return;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
         let key = head
             .lines()
             .find_map(|l| {
@@ -362,8 +333,7 @@ impl FlakyGateway {
                     .map(|v| v.trim().to_string())
             })
             .unwrap_or_default();
-        let body: Value =
-            serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         assert_eq!(
             body["idempotencyKey"],
             key.as_str(),
