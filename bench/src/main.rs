@@ -17,7 +17,11 @@
 
 mod baseline;
 mod bids;
+mod extra;
 mod fanout;
+mod geo;
+mod rebuild;
+mod relay;
 mod report;
 mod server;
 mod sys;
@@ -41,6 +45,9 @@ enum Section {
     Baseline,
     Fanout,
     Vitals,
+    Geo,
+    Rebuild,
+    Relay,
 }
 
 #[derive(Parser, Debug)]
@@ -52,7 +59,7 @@ struct Args {
     /// Subscriber counts for the fan-out section, comma separated.
     #[arg(long, default_value = "1000,10000", value_delimiter = ',')]
     fanout: Vec<usize>,
-    /// Sections to leave out (hot, many, baseline, fanout, vitals); repeatable or comma separated.
+    /// Sections to leave out (hot, many, baseline, fanout, vitals, geo, rebuild, relay); repeatable or comma separated.
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1..)]
     skip: Vec<Section>,
     /// Smoke run: 3 s per section, 200 subscribers, 10 alert episodes, 20 vitals patients.
@@ -77,6 +84,23 @@ struct Args {
     /// Alert episodes measured in the vitals section [default: 30; 10 with --quick].
     #[arg(long)]
     vitals_episodes: Option<usize>,
+    /// Charities in the geo section's in-memory/brute-force/PostGIS measurements
+    /// [default: 1,000,000; 10,000 with --quick].
+    #[arg(long)]
+    geo_charities: Option<usize>,
+    /// CharityRegistered events the server builds its geo index from at restart
+    /// [default: 100,000; 2,000 with --quick].
+    #[arg(long)]
+    geo_log_charities: Option<usize>,
+    /// Auction events appended for the rebuild section [default: 1,000,000; 20,000 with --quick].
+    #[arg(long)]
+    rebuild_events: Option<usize>,
+    /// Leave out the SQLite half of the rebuild section.
+    #[arg(long)]
+    no_rebuild_sqlite: bool,
+    /// Auctions closed in the relay section [default: 200; 30 with --quick].
+    #[arg(long)]
+    relay_auctions: Option<usize>,
     /// Admin database of the PostgreSQL server to use.
     #[arg(
         long,
@@ -100,12 +124,20 @@ fn main() -> ExitCode {
     if !args.quick {
         args.vitals_patients.get_or_insert(VITALS_PATIENTS);
         args.vitals_episodes.get_or_insert(30);
+        args.geo_charities.get_or_insert(1_000_000);
+        args.geo_log_charities.get_or_insert(100_000);
+        args.rebuild_events.get_or_insert(1_000_000);
+        args.relay_auctions.get_or_insert(200);
     }
     if args.quick {
         args.duration_secs = 3;
         args.fanout = vec![200];
         args.vitals_patients.get_or_insert(20);
         args.vitals_episodes.get_or_insert(10);
+        args.geo_charities.get_or_insert(10_000);
+        args.geo_log_charities.get_or_insert(2_000);
+        args.rebuild_events.get_or_insert(20_000);
+        args.relay_auctions.get_or_insert(30);
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -217,8 +249,14 @@ async fn run(args: Args, machine: Machine, triad: PathBuf, report_dir: PathBuf) 
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let ctx = extra::Ctx {
+        admin_url: args.database_url.clone(),
+        triad: triad.clone(),
+        server_cpu: machine.server_cpu,
+        report_dir: report_dir.clone(),
+    };
     let interrupted = tokio::select! {
-        _ = sections(&args, &db, &srv, &mut rows, &mut notes) => false,
+        _ = sections(&args, &db, &srv, &ctx, &mut rows, &mut notes) => false,
         _ = tokio::signal::ctrl_c() => true,
     };
     let server_alive = sys::cpu_ticks(srv.pid).is_some();
@@ -282,6 +320,11 @@ async fn run(args: Args, machine: Machine, triad: PathBuf, report_dir: PathBuf) 
             "vitals_patients": args.vitals_patients,
             "vitals_ingest_tasks": args.vitals_ingest_tasks,
             "vitals_episodes": args.vitals_episodes,
+            "geo_charities": args.geo_charities,
+            "geo_log_charities": args.geo_log_charities,
+            "rebuild_events": args.rebuild_events,
+            "rebuild_sqlite": !args.no_rebuild_sqlite,
+            "relay_auctions": args.relay_auctions,
         },
         "machine": {
             "nproc": machine.nproc,
@@ -310,6 +353,7 @@ async fn sections(
     args: &Args,
     db: &server::BenchDb,
     srv: &server::ServerProcess,
+    ctx: &extra::Ctx,
     rows: &mut Vec<Row>,
     notes: &mut Vec<String>,
 ) {
@@ -375,6 +419,28 @@ async fn sections(
         let (more, lines) = vitals::run(&gql, srv.addr, &db.url, &cfg).await;
         rows.extend(more);
         notes.extend(lines);
+    }
+    if run(Section::Geo) {
+        let cfg = geo::Config {
+            charities: args.geo_charities.unwrap_or(1_000_000),
+            log_charities: args.geo_log_charities.unwrap_or(100_000),
+        };
+        let (more, lines) = geo::run(ctx, &cfg).await;
+        rows.extend(more);
+        notes.extend(lines);
+    }
+    if run(Section::Rebuild) {
+        let n = args.rebuild_events.unwrap_or(1_000_000);
+        eprintln!("triad-bench: rebuild ({n} events)");
+        let (more, lines) = rebuild::run(ctx, n, !args.no_rebuild_sqlite).await;
+        rows.extend(more);
+        notes.extend(lines);
+    }
+    if run(Section::Relay) {
+        let m = args.relay_auctions.unwrap_or(200);
+        eprintln!("triad-bench: relay ({m} auctions)");
+        rows.push(relay::run(ctx, m).await);
+        notes.push("relay: ops/s = ERP messages/s (first to last receipt); latency = closeAuction response -> ERP receipt".into());
     }
 }
 

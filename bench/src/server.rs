@@ -131,6 +131,17 @@ impl ServerProcess {
         cpu: Option<usize>,
         log: &Path,
     ) -> anyhow::Result<ServerProcess> {
+        Self::start_with_env(bin, store_url, cpu, log, &[]).await
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables (e.g. TRIAD_ERP_URL).
+    pub async fn start_with_env(
+        bin: &Path,
+        store_url: &str,
+        cpu: Option<usize>,
+        log: &Path,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<ServerProcess> {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -162,6 +173,7 @@ impl ServerProcess {
             .arg(addr.to_string())
             .env("TRIAD_JWT_SECRET", JWT_SECRET)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
