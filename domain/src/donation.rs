@@ -116,6 +116,66 @@ pub fn parse_kg(field: &str, kg: f64) -> Result<f64, DonationError> {
     Ok(kg)
 }
 
+/// When a charity can collect food: a daily window in UTC minutes of the day. A window whose
+/// end is before its start runs overnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PickupHours {
+    pub opens_at_minute: u16,
+    pub closes_at_minute: u16,
+}
+
+impl PickupHours {
+    /// Parses "HH:MM" times.
+    pub fn parse(opens: &str, closes: &str) -> Result<PickupHours, DonationError> {
+        let minute = |raw: &str| -> Result<u16, DonationError> {
+            let bad = || DonationError::InvalidInput(format!("{raw:?} is not a time like 08:30"));
+            let (h, m) = raw.split_once(':').ok_or_else(bad)?;
+            let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let hours = PickupHours {
+            opens_at_minute: minute(opens)?,
+            closes_at_minute: minute(closes)?,
+        };
+        if hours.opens_at_minute == hours.closes_at_minute {
+            return Err(DonationError::InvalidInput(
+                "pickup hours must not be empty".into(),
+            ));
+        }
+        Ok(hours)
+    }
+
+    /// The first moment in `[from, to]` when the charity is open, if any.
+    pub fn first_open(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if from > to {
+            return None;
+        }
+        let open_at = |t: DateTime<Utc>| -> bool {
+            let m = (t.timestamp().rem_euclid(86_400) / 60) as u16;
+            if self.opens_at_minute < self.closes_at_minute {
+                m >= self.opens_at_minute && m < self.closes_at_minute
+            } else {
+                m >= self.opens_at_minute || m < self.closes_at_minute
+            }
+        };
+        if open_at(from) {
+            return Some(from);
+        }
+        // The next opening after `from` (within a day), if it comes before `to`.
+        let day_start = from - chrono::Duration::seconds(from.timestamp().rem_euclid(86_400));
+        let today = day_start + chrono::Duration::minutes(self.opens_at_minute as i64);
+        let next = if today > from {
+            today
+        } else {
+            today + chrono::Duration::days(1)
+        };
+        (next <= to).then_some(next)
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Charity
 
@@ -128,6 +188,8 @@ pub enum CharityCommand {
         location: GeoPoint,
         capacity_kg: f64,
         accepts: Vec<FoodType>,
+        /// `None`: collects at any time.
+        pickup_hours: Option<PickupHours>,
         now: DateTime<Utc>,
     },
     Update {
@@ -158,6 +220,9 @@ pub enum CharityEvent {
         capacity_kg: f64,
         accepts: Vec<FoodType>,
         registered_at: DateTime<Utc>,
+        /// Added within version 1 (absent in older rows: collects at any time).
+        #[serde(default)]
+        pickup_hours: Option<PickupHours>,
     },
     CharityUpdated {
         capacity_kg: f64,
@@ -199,6 +264,7 @@ pub struct Charity {
     pub location: Option<GeoPoint>,
     pub capacity_kg: f64,
     pub accepts: BTreeSet<FoodType>,
+    pub pickup_hours: Option<PickupHours>,
     /// day -> donation -> kg reserved.
     pub reserved: BTreeMap<NaiveDate, BTreeMap<String, f64>>,
 }
@@ -239,6 +305,7 @@ impl Decider for Charity {
                 location,
                 capacity_kg,
                 accepts,
+                pickup_hours,
                 now,
             } => {
                 if self.id.is_some() {
@@ -258,6 +325,7 @@ impl Decider for Charity {
                     capacity_kg: parse_kg("capacityKg", *capacity_kg)?,
                     accepts: types(accepts)?,
                     registered_at: *now,
+                    pickup_hours: *pickup_hours,
                 }])
             }
             CharityCommand::Update {
@@ -359,9 +427,11 @@ impl Aggregate for Charity {
                 location,
                 capacity_kg,
                 accepts,
+                pickup_hours,
                 ..
             } => {
                 self.id = Some(charity_id);
+                self.pickup_hours = pickup_hours;
                 self.manager = Some(manager);
                 self.name = name;
                 self.location = Some(location);
@@ -735,6 +805,7 @@ mod tests {
                 location: GeoPoint::parse(52.0, 4.0).unwrap(),
                 capacity_kg: capacity,
                 accepts: vec![FoodType::Produce],
+                pickup_hours: None,
                 now: Utc::now(),
             })
             .unwrap();
@@ -763,6 +834,21 @@ mod tests {
                 prop_assert!(c.reserved_on(day) <= 25.0 + 1e-6);
             }
         }
+    }
+
+    #[test]
+    fn pickup_windows() {
+        use chrono::TimeZone;
+        let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 3, 1, h, m, 0).unwrap();
+        let day = PickupHours::parse("08:00", "18:00").unwrap();
+        assert_eq!(day.first_open(at(9, 0), at(10, 0)), Some(at(9, 0)));
+        assert_eq!(day.first_open(at(6, 0), at(10, 0)), Some(at(8, 0)));
+        assert_eq!(day.first_open(at(19, 0), at(23, 0)), None);
+        let night = PickupHours::parse("22:00", "02:00").unwrap();
+        assert_eq!(night.first_open(at(23, 0), at(23, 30)), Some(at(23, 0)));
+        assert_eq!(night.first_open(at(12, 0), at(21, 0)), None);
+        assert!(PickupHours::parse("25:00", "08:00").is_err());
+        assert!(PickupHours::parse("08:00", "08:00").is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use triad_domain::donation::{
-    CharityEvent, Donation, DonationCommand, DonationEvent, FoodType, Proposal,
+    CharityEvent, Donation, DonationCommand, DonationEvent, FoodType, PickupHours, Proposal,
 };
 use triad_domain::geo::GeoPoint;
 use triad_domain::Actor;
@@ -26,15 +26,58 @@ pub const MATCH_RADIUS_KM: f64 = 25.0;
 /// Charities proposed per donation.
 pub const PROPOSALS: usize = 3;
 
+/// A posted donation the matcher found no charity for (yet).
+#[derive(Debug, Clone)]
+struct Waiting {
+    location: GeoPoint,
+    food: FoodType,
+    kg: f64,
+    pickup_by: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
 #[derive(Default)]
 struct World {
     index: GeoIndex,
     capacity: HashMap<String, f64>,
     reserved: HashMap<(String, NaiveDate), f64>,
+    hours: HashMap<String, PickupHours>,
+    /// Open donations without a proposal: matched again when a charity gains room or appears.
+    waiting: HashMap<String, Waiting>,
 }
 
 impl World {
     fn learn(&mut self, e: &RecordedEvent) {
+        if e.aggregate_type == "Donation" {
+            match e.decode::<DonationEvent>() {
+                Ok(DonationEvent::DonationPosted {
+                    location,
+                    food_type,
+                    quantity_kg,
+                    pickup_by,
+                    expires_at,
+                    ..
+                }) => {
+                    self.waiting.insert(
+                        e.aggregate_id.clone(),
+                        Waiting {
+                            location,
+                            food: food_type,
+                            kg: quantity_kg,
+                            pickup_by,
+                            expires_at,
+                        },
+                    );
+                }
+                Ok(DonationEvent::MatchesProposed { proposals, .. }) if proposals.is_empty() => {}
+                Ok(_) => {
+                    // Matched, claimed, expired or cancelled: no longer waiting.
+                    self.waiting.remove(&e.aggregate_id);
+                }
+                Err(_) => {}
+            }
+            return;
+        }
         if e.aggregate_type != "Charity" {
             return;
         }
@@ -43,8 +86,12 @@ impl World {
             Ok(CharityEvent::CharityRegistered {
                 charity_id,
                 capacity_kg,
+                pickup_hours,
                 ..
             }) => {
+                if let Some(h) = pickup_hours {
+                    self.hours.insert(charity_id.clone(), h);
+                }
                 self.capacity.insert(charity_id, capacity_kg);
             }
             Ok(CharityEvent::CharityUpdated { capacity_kg, .. }) => {
@@ -66,17 +113,19 @@ impl World {
         }
     }
 
-    /// Best charities for a donation: near, with room that day, accepting the food type.
-    /// Score (lower is better): distance dominates; fuller charities and food close to
-    /// expiry tilt it.
-    fn propose(
-        &self,
-        location: GeoPoint,
-        food: FoodType,
-        kg: f64,
-        pickup_by: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> Vec<Proposal> {
+    /// Best charities for a donation: near, with room that day, accepting the food type, and
+    /// able to collect between `now` and the pickup deadline. Score (lower is better):
+    /// distance dominates; fuller charities, a later collection and food close to expiry
+    /// tilt it.
+    fn propose(&self, w: &Waiting, now: DateTime<Utc>) -> Vec<Proposal> {
+        let Waiting {
+            location,
+            food,
+            kg,
+            pickup_by,
+            expires_at,
+            ..
+        } = w.clone();
         let day = pickup_by.date_naive();
         let urgency =
             ((expires_at - pickup_by).num_minutes() as f64 / (24.0 * 60.0)).clamp(0.0, 1.0);
@@ -95,9 +144,16 @@ impl World {
                 if free + 1e-9 < kg {
                     return None;
                 }
+                let collects = match self.hours.get(&n.charity_id) {
+                    Some(h) => h.first_open(now, pickup_by)?,
+                    None => now,
+                };
+                let window = (pickup_by - now).num_seconds().max(1) as f64;
+                let wait = (collects - now).num_seconds().max(0) as f64 / window;
                 let fullness = 1.0 - free / capacity.max(f64::MIN_POSITIVE);
                 let score = n.distance_km / MATCH_RADIUS_KM
                     + 0.2 * fullness
+                    + 0.2 * wait
                     + 0.1 * (1.0 - urgency) * n.distance_km / MATCH_RADIUS_KM;
                 Some(Proposal {
                     charity_id: n.charity_id,
@@ -152,10 +208,19 @@ impl Matcher {
                 continue;
             };
             for e in &events {
-                if e.position > checkpoint {
-                    self.decide(&world, e).await?;
+                let fresh = e.position > checkpoint;
+                if e.aggregate_type == "Charity" {
+                    // A new or roomier charity may suit donations still waiting.
+                    world.learn(e);
+                    if fresh {
+                        self.rematch(&world, e).await?;
+                    }
+                } else {
+                    if fresh {
+                        self.decide(&world, e).await?;
+                    }
+                    world.learn(e);
                 }
-                world.learn(e);
             }
             if last > checkpoint {
                 let moved = sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE name = $2 AND position = $3")
@@ -187,12 +252,60 @@ impl Matcher {
             quantity_kg,
             pickup_by,
             expires_at,
+            posted_at,
             ..
         }) = e.decode::<DonationEvent>()
         else {
             return Ok(());
         };
-        let proposals = world.propose(location, food_type, quantity_kg, pickup_by, expires_at);
+        let waiting = Waiting {
+            location,
+            food: food_type,
+            kg: quantity_kg,
+            pickup_by,
+            expires_at,
+        };
+        let proposals = world.propose(&waiting, posted_at);
+        self.record(&e.aggregate_id, proposals, e).await
+    }
+
+    /// After a charity appears or changes: propose for donations still waiting near it.
+    async fn rematch(&self, world: &World, e: &RecordedEvent) -> Result<(), ProjectionError> {
+        if !matches!(
+            e.event_type.as_str(),
+            "CharityRegistered" | "CharityUpdated"
+        ) {
+            return Ok(());
+        }
+        let Some(charity) = world.index.get(&e.aggregate_id) else {
+            return Ok(());
+        };
+        let now = e.recorded_at;
+        let mut candidates: Vec<(&String, &Waiting)> = world
+            .waiting
+            .iter()
+            .filter(|(_, w)| {
+                w.expires_at > now
+                    && w.pickup_by > now
+                    && w.location.distance_km(charity.location) <= MATCH_RADIUS_KM
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.cmp(b.0));
+        for (donation, w) in candidates {
+            let proposals = world.propose(w, now);
+            if !proposals.is_empty() {
+                self.record(donation, proposals, e).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(
+        &self,
+        donation: &str,
+        proposals: Vec<Proposal>,
+        e: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
         let mut ctx = CommandContext::new(
             Actor::system("matcher"),
             e.metadata().map(|m| m.correlation_id).unwrap_or_default(),
@@ -201,13 +314,13 @@ impl Matcher {
         let now = e.recorded_at;
         self.donations
             .execute(
-                &e.aggregate_id,
+                donation,
                 DonationCommand::ProposeMatches { proposals, now },
                 ctx,
             )
             .await
             .map_err(|err| {
-                ProjectionError::Invalid(format!("proposing matches for {}: {err}", e.aggregate_id))
+                ProjectionError::Invalid(format!("proposing matches for {donation}: {err}"))
             })?;
         Ok(())
     }
@@ -242,13 +355,14 @@ mod tests {
             w.capacity.insert(id.into(), cap);
         }
         let t = Utc::now();
-        let p = w.propose(
-            here,
-            FoodType::Bakery,
-            5.0,
-            t,
-            t + chrono::Duration::hours(6),
-        );
+        let waiting = Waiting {
+            location: here,
+            food: FoodType::Bakery,
+            kg: 5.0,
+            pickup_by: t + chrono::Duration::hours(2),
+            expires_at: t + chrono::Duration::hours(6),
+        };
+        let p = w.propose(&waiting, t);
         let ids: Vec<&str> = p.iter().map(|p| p.charity_id.as_str()).collect();
         assert_eq!(ids, ["near", "far"]);
     }

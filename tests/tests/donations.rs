@@ -527,3 +527,119 @@ async fn expired_food_is_expired_and_cannot_be_claimed() {
         "the failed claim gave its capacity back"
     );
 }
+
+fn hhmm(t: chrono::DateTime<Utc>) -> String {
+    t.format("%H:%M").to_string()
+}
+
+/// The matcher only proposes charities that can collect before the pickup deadline, and
+/// proposes again for a waiting donation when a charity gains room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matching_respects_pickup_hours_and_reacts_to_capacity_changes() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let server = start_server(&db).await;
+    let anon = Client::new(server.addr, None);
+    let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+    let now = Utc::now();
+    let reg = |name: &str, lat: f64, capacity: f64, opens: String, closes: String| json!({ "input": { "name": name, "location": { "lat": lat, "lng": 10.0 }, "capacityKg": capacity, "accepts": ["PANTRY"], "pickupHours": { "opensAt": opens, "closesAt": closes } } });
+    let m1 = anon.with_token(Some(token("m1", Role::Charity)));
+    let m2 = anon.with_token(Some(token("m2", Role::Charity)));
+    // Nearest, but opens only 6 hours from now.
+    let later = m1
+        .query(
+            REGISTER,
+            reg(
+                "Later",
+                10.0,
+                100.0,
+                hhmm(now + Duration::hours(6)),
+                hhmm(now + Duration::hours(7)),
+            ),
+        )
+        .await
+        .ok()["registerCharity"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A little further, open now.
+    let open = m2
+        .query(
+            REGISTER,
+            reg(
+                "Open",
+                10.02,
+                100.0,
+                hhmm(now - Duration::hours(1)),
+                hhmm(now + Duration::hours(3)),
+            ),
+        )
+        .await
+        .ok()["registerCharity"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d = post(&donor, "PANTRY", 2.0, 10.0, 10.0).await.ok()["postDonation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let matches = |id: String| {
+        let anon = anon.clone();
+        async move {
+            let r = anon
+                .query(
+                    "query($id: ID!) { donation(id: $id) { matches { charityId } } }",
+                    json!({ "id": id }),
+                )
+                .await;
+            r.ok()["donation"]["matches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["charityId"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let got = eventually(10, "proposals", || async {
+        let m = matches(d.clone()).await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        got,
+        [open],
+        "only the charity that can collect in time (not {later})"
+    );
+
+    // Room appears later: a waiting donation is matched then.
+    let m3 = anon.with_token(Some(token("m3", Role::Charity)));
+    let small = m3.query(REGISTER, json!({ "input": { "name": "Small", "location": { "lat": -20.0, "lng": 30.0 }, "capacityKg": 1.0, "accepts": ["FROZEN"] } })).await.ok()["registerCharity"]["id"].as_str().unwrap().to_string();
+    let big = post(&donor, "FROZEN", 5.0, -20.0, 30.0).await.ok()["postDonation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    eventually(10, "the matcher to pass the donation", || async {
+        (triad_projections::matcher::position(&server.store)
+            .await
+            .unwrap()
+            >= server.store.head().await.unwrap())
+        .then_some(())
+    })
+    .await;
+    assert!(
+        matches(big.clone()).await.is_empty(),
+        "no charity has room for 5 kg yet"
+    );
+    let r = m3
+        .query(
+            "mutation($c: ID!) { updateCharity(charityId: $c, capacityKg: 50) { capacityKg } }",
+            json!({ "c": small }),
+        )
+        .await;
+    assert_eq!(r.ok()["updateCharity"]["capacityKg"], 50.0);
+    let got = eventually(10, "a match after the capacity change", || async {
+        let m = matches(big.clone()).await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(got, [small]);
+}

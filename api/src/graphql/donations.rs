@@ -8,7 +8,7 @@ use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt};
 use triad_domain::donation::{
     Charity, CharityCommand, Donation as DonationState, DonationCommand, DonationError,
-    DonationEvent, FoodType as DomainFood,
+    DonationEvent, FoodType as DomainFood, PickupHours,
 };
 use triad_domain::geo::GeoPoint;
 use triad_domain::Role;
@@ -64,6 +64,7 @@ pub struct CharityNode {
     pub location: Location,
     pub capacity_kg: f64,
     pub accepts: Vec<FoodType>,
+    pub pickup_hours: Option<PickupHoursInput>,
 }
 
 fn charity_node(c: &Charity) -> CharityNode {
@@ -82,6 +83,13 @@ fn charity_node(c: &Charity) -> CharityNode {
         },
         capacity_kg: c.capacity_kg,
         accepts: c.accepts.iter().map(|f| (*f).into()).collect(),
+        pickup_hours: c.pickup_hours.map(|h| {
+            let hhmm = |m: u16| format!("{:02}:{:02}", m / 60, m % 60);
+            PickupHoursInput {
+                opens_at: hhmm(h.opens_at_minute),
+                closes_at: hhmm(h.closes_at_minute),
+            }
+        }),
     }
 }
 
@@ -148,6 +156,17 @@ pub struct RegisterCharityInput {
     /// Daily capacity.
     pub capacity_kg: f64,
     pub accepts: Vec<FoodType>,
+    /// When the charity can collect (UTC); omitted: at any time.
+    pub pickup_hours: Option<PickupHoursInput>,
+}
+
+/// A daily collection window in UTC, "HH:MM" to "HH:MM" (an end before the start runs
+/// overnight).
+#[derive(InputObject, SimpleObject, Clone)]
+#[graphql(name = "PickupHours", input_name = "PickupHoursInput")]
+pub struct PickupHoursInput {
+    pub opens_at: String,
+    pub closes_at: String,
 }
 
 #[derive(InputObject)]
@@ -246,6 +265,13 @@ impl DonationMutation {
             location,
             capacity_kg: input.capacity_kg,
             accepts: input.accepts.into_iter().map(Into::into).collect(),
+            pickup_hours: input
+                .pickup_hours
+                .map(|h| {
+                    PickupHours::parse(&h.opens_at, &h.closes_at)
+                        .map_err(|e| invalid_input(e.to_string()))
+                })
+                .transpose()?,
             now: Utc::now(),
         };
         let s = services(ctx)?;
