@@ -133,10 +133,7 @@ pub struct Relay {
 impl Relay {
     pub async fn new(store: EventStore, config: RelayConfig) -> Result<Self, RelayError> {
         store.migrate(NAME, MIGRATIONS).await?;
-        sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
-            .bind(NAME)
-            .execute(store.read_pool())
-            .await?;
+        triad_projections::runner::register_checkpoint(store.read_pool(), NAME, 1).await?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .build()

@@ -45,10 +45,7 @@ impl AlertEngine {
         alerts: Arc<AggregateStore<PatientAlerts>>,
     ) -> Result<JoinHandle<()>, ProjectionError> {
         store.migrate(NAME, MIGRATIONS).await?;
-        sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING")
-            .bind(NAME)
-            .execute(store.read_pool())
-            .await?;
+        crate::runner::register_checkpoint(store.read_pool(), NAME, 1).await?;
         let engine = AlertEngine { store, alerts };
         Ok(tokio::spawn(async move { engine.run().await }))
     }
@@ -223,15 +220,7 @@ impl AlertEngine {
             }
         }
         let mut tx = self.store.read_pool().begin().await?;
-        let moved = sqlx::query(
-            "UPDATE projection_checkpoints SET position = $1 WHERE name = $2 AND position = $3",
-        )
-        .bind(last)
-        .bind(NAME)
-        .bind(expected)
-        .execute(&mut *tx)
-        .await?;
-        if moved.rows_affected() != 1 {
+        if !crate::runner::advance_checkpoint(&mut *tx, NAME, expected, last).await? {
             return Ok(false);
         }
         for patient in &forgotten {

@@ -182,7 +182,7 @@ impl Matcher {
         store: EventStore,
         donations: Arc<AggregateStore<Donation>>,
     ) -> Result<tokio::task::JoinHandle<()>, ProjectionError> {
-        sqlx::query("INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING").bind(NAME).execute(store.read_pool()).await?;
+        crate::runner::register_checkpoint(store.read_pool(), NAME, 1).await?;
         let matcher = Matcher { store, donations };
         Ok(tokio::spawn(async move { matcher.run().await }))
     }
@@ -223,13 +223,14 @@ impl Matcher {
                 }
             }
             if last > checkpoint {
-                let moved = sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE name = $2 AND position = $3")
-                    .bind(last)
-                    .bind(NAME)
-                    .bind(checkpoint)
-                    .execute(self.store.read_pool())
-                    .await?;
-                if moved.rows_affected() != 1 {
+                if !crate::runner::advance_checkpoint(
+                    self.store.read_pool(),
+                    NAME,
+                    checkpoint,
+                    last,
+                )
+                .await?
+                {
                     // Another replica's matcher is ahead: take its checkpoint.
                     checkpoint = crate::runner::checkpoint(self.store.read_pool(), NAME).await?;
                 } else {

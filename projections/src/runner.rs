@@ -96,8 +96,9 @@ pub async fn checkpoint(pool: &AnyPool, name: &str) -> Result<Position, Projecti
 /// transaction. The row lock serializes runners of the same projection in several replicas,
 /// and a runner whose `expected` is stale (another replica got there first) gets `false` and
 /// must not apply anything: every event takes effect once, however many replicas run.
-async fn advance_checkpoint(
-    tx: &mut Transaction<'static, Any>,
+/// Process managers (alert engine, matcher) use it the same way, after their side effects.
+pub async fn advance_checkpoint<'e, E: sqlx::Executor<'e, Database = Any>>(
+    executor: E,
     name: &str,
     expected: Position,
     position: Position,
@@ -108,9 +109,23 @@ async fn advance_checkpoint(
     .bind(position)
     .bind(name)
     .bind(expected)
-    .execute(&mut **tx)
+    .execute(executor)
     .await?;
     Ok(moved.rows_affected() == 1)
+}
+
+/// Creates a consumer's checkpoint row (at 0, with `version`) unless it exists.
+pub async fn register_checkpoint(
+    pool: &AnyPool,
+    name: &str,
+    version: i64,
+) -> Result<(), ProjectionError> {
+    sqlx::query("INSERT INTO projection_checkpoints (name, position, version) VALUES ($1, 0, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(version)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Runs projections in the background; dropping it stops them.
@@ -138,11 +153,7 @@ impl ProjectionRunner {
         let mut tasks = vec![];
         for p in projections {
             store.migrate(p.name(), p.migrations()).await?;
-            sqlx::query("INSERT INTO projection_checkpoints (name, position, version) VALUES ($1, 0, $2) ON CONFLICT (name) DO NOTHING")
-                .bind(p.name())
-                .bind(p.version())
-                .execute(store.read_pool())
-                .await?;
+            register_checkpoint(store.read_pool(), p.name(), p.version()).await?;
             if stored_version(store.read_pool(), p.name()).await? != Some(p.version())
                 && p.replayable()
             {
@@ -254,7 +265,7 @@ async fn apply_batch(
         return Ok(Batch::Empty);
     };
     let mut tx = store.read_pool().begin().await?;
-    if !advance_checkpoint(&mut tx, projection.name(), expected, last).await? {
+    if !advance_checkpoint(&mut *tx, projection.name(), expected, last).await? {
         return Ok(Batch::Overtaken);
     }
     for event in &events {

@@ -479,6 +479,24 @@ pub struct Outbid {
 #[derive(Default)]
 pub struct AuctionSubscription;
 
+/// The log filter for an existing auction's bids (NOT_FOUND for an unknown auction).
+async fn bids_of(s: &super::Services, auction_id: &ID) -> async_graphql::Result<LogFilter> {
+    let id = self::auction_id(auction_id)?;
+    let (state, _) = s
+        .auctions
+        .load(id.as_str())
+        .await
+        .map_err(errors::internal)?;
+    if state.id.is_none() {
+        return Err(not_found(format!("no auction {:?}", id.as_str())));
+    }
+    Ok(LogFilter {
+        aggregate_type: Some(Auction::TYPE.to_string()),
+        aggregate_id: Some(id.to_string()),
+        event_types: vec!["BidPlaced".to_string()],
+    })
+}
+
 #[Subscription]
 impl AuctionSubscription {
     /// Every accepted bid on one auction, in order. With `after` (a position from an earlier
@@ -490,20 +508,7 @@ impl AuctionSubscription {
         after: Option<i64>,
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<BidPlaced>>> {
         let s = services(ctx)?;
-        let id = self::auction_id(&auction_id)?;
-        let (state, _) = s
-            .auctions
-            .load(id.as_str())
-            .await
-            .map_err(errors::internal)?;
-        if state.id.is_none() {
-            return Err(not_found(format!("no auction {:?}", id.as_str())));
-        }
-        let filter = LogFilter {
-            aggregate_type: Some(Auction::TYPE.to_string()),
-            aggregate_id: Some(id.to_string()),
-            event_types: vec!["BidPlaced".to_string()],
-        };
+        let filter = bids_of(s, &auction_id).await?;
         let events = super::live::events(ctx, &s.tail, after, filter)?;
         Ok(events.map(|item| {
             let recorded = item?;
@@ -540,20 +545,7 @@ impl AuctionSubscription {
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Outbid>>> {
         let me = require(ctx, &[Role::Dealer])?.sub.clone();
         let s = services(ctx)?;
-        let id = self::auction_id(&auction_id)?;
-        let (state, _) = s
-            .auctions
-            .load(id.as_str())
-            .await
-            .map_err(errors::internal)?;
-        if state.id.is_none() {
-            return Err(not_found(format!("no auction {:?}", id.as_str())));
-        }
-        let filter = LogFilter {
-            aggregate_type: Some(Auction::TYPE.to_string()),
-            aggregate_id: Some(id.to_string()),
-            event_types: vec!["BidPlaced".to_string()],
-        };
+        let filter = bids_of(s, &auction_id).await?;
         let window = super::live::window(ctx, &s.tail, after)?;
         // Who held the highest bid when the window starts.
         let mut holder: Option<(String, i64)> = None;
