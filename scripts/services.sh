@@ -178,7 +178,7 @@ try_distro_cluster() {
     if command -v pg_ctlcluster >/dev/null 2>&1; then
         pg_ctlcluster --skip-systemctl-redirect "$ver" main start 2>&1 || true
     fi
-    if ! pg_lsclusters -h 2>/dev/null | awk -v v="$ver" '$1 == v && $2 == "main" && $4 == "online"' | grep -q .; then
+    if ! pg_lsclusters -h 2>/dev/null | awk -v v="$ver" '$1 == v && $2 == "main" && $4 == "online"' | grep -c . >/dev/null; then
         service postgresql start 2>&1 || true
     fi
 
