@@ -46,7 +46,8 @@ impl RecordedEvent {
 
     /// The payload as a domain event type.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, crate::StoreError> {
-        serde_json::from_value(self.payload.clone()).map_err(|e| crate::StoreError::Decode {
+        // Deserializing from a borrowed Value avoids cloning the whole tree per event.
+        E::deserialize(&self.payload).map_err(|e| crate::StoreError::Decode {
             position: self.position,
             event_type: self.event_type.clone(),
             version: self.event_version.clone(),

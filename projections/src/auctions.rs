@@ -5,6 +5,7 @@ use crate::runner::{Projection, ProjectionError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use sqlx::{Any, AnyPool, Row, Transaction};
+use std::collections::BTreeMap;
 use triad_domain::auction::{Auction, AuctionEvent, CloseOutcome};
 use triad_eventstore::store::Migration;
 use triad_eventstore::RecordedEvent;
@@ -108,103 +109,291 @@ impl Projection for AuctionProjection {
         tx: &mut Transaction<'static, Any>,
         e: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        if e.aggregate_type != Auction::TYPE {
-            return Ok(());
+        self.apply_batch(tx, std::slice::from_ref(e)).await
+    }
+
+    /// Folds the run in memory, then writes each touched row once: new auctions as one
+    /// multi-row insert, every auction's change as one row of a multi-row update, every
+    /// (auction, bidder) as one row of a multi-row upsert. A rebuild page of 10,000 bids
+    /// becomes a handful of statements instead of 20,000.
+    async fn apply_batch(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let fold = Fold::of(events)?;
+        for chunk in fold.opened.chunks(ROWS_PER_STATEMENT) {
+            insert_opened(tx, chunk).await?;
         }
-        let event: AuctionEvent = e.decode()?;
-        match event {
-            AuctionEvent::AuctionOpened {
-                auction_id,
-                seller,
-                title,
-                starting_price,
-                min_increment,
-                reserve_price,
-                ends_at,
-                opened_at,
-                ..
-            } => {
-                sqlx::query(
-                    "INSERT INTO auction_view (auction_id, seller_id, title, status, \
-                     starting_price_cents, min_increment_cents, reserve_price_cents, ends_at, \
-                     ends_at_ms, highest_amount_cents, highest_bidder_id, bid_count, version, \
-                     opened_at, opened_position, last_position, closed_at, winner_id) \
-                     VALUES ($1, $2, $3, 'OPEN', $4, $5, $6, $7, $8, NULL, NULL, 0, $9, $10, $11, $11, NULL, NULL) \
-                     ON CONFLICT (auction_id) DO NOTHING",
-                )
-                .bind(auction_id.as_str())
-                .bind(seller.as_str())
-                .bind(title)
-                .bind(starting_price.get())
-                .bind(min_increment.get())
-                .bind(reserve_price.get())
-                .bind(rfc3339(ends_at))
-                .bind(ends_at.timestamp_millis())
-                .bind(e.sequence)
-                .bind(rfc3339(opened_at))
-                .bind(e.position)
-                .execute(&mut **tx)
-                .await?;
-            }
-            AuctionEvent::BidPlaced {
-                bidder,
-                amount,
-                placed_at,
-                ends_at,
-                ..
-            } => {
-                sqlx::query(
-                    "UPDATE auction_view SET highest_amount_cents = $1, highest_bidder_id = $2, \
-                     bid_count = bid_count + 1, ends_at = $3, ends_at_ms = $4, version = $5, \
-                     last_position = $6 WHERE auction_id = $7",
-                )
-                .bind(amount.get())
-                .bind(bidder.as_str())
-                .bind(rfc3339(ends_at))
-                .bind(ends_at.timestamp_millis())
-                .bind(e.sequence)
-                .bind(e.position)
-                .bind(&e.aggregate_id)
-                .execute(&mut **tx)
-                .await?;
-                // Accepted bids only increase, so a bidder's latest bid is their best.
-                sqlx::query(
-                    "INSERT INTO auction_leaderboard (auction_id, bidder_id, best_amount_cents, \
-                     bid_count, last_bid_at, last_position) VALUES ($1, $2, $3, 1, $4, $5) \
-                     ON CONFLICT (auction_id, bidder_id) DO UPDATE SET \
-                     best_amount_cents = excluded.best_amount_cents, \
-                     bid_count = auction_leaderboard.bid_count + 1, \
-                     last_bid_at = excluded.last_bid_at, last_position = excluded.last_position",
-                )
-                .bind(&e.aggregate_id)
-                .bind(bidder.as_str())
-                .bind(amount.get())
-                .bind(rfc3339(placed_at))
-                .bind(e.position)
-                .execute(&mut **tx)
-                .await?;
-            }
-            AuctionEvent::AuctionClosed { outcome, closed_at } => {
-                let (status, winner) = match &outcome {
-                    CloseOutcome::Sold { winner, .. } => ("SOLD", Some(winner.as_str())),
-                    CloseOutcome::Unsold { .. } => ("UNSOLD", None),
-                };
-                sqlx::query(
-                    "UPDATE auction_view SET status = $1, winner_id = $2, closed_at = $3, \
-                     version = $4, last_position = $5 WHERE auction_id = $6",
-                )
-                .bind(status)
-                .bind(winner)
-                .bind(rfc3339(closed_at))
-                .bind(e.sequence)
-                .bind(e.position)
-                .bind(&e.aggregate_id)
-                .execute(&mut **tx)
-                .await?;
-            }
+        let views: Vec<_> = fold.views.into_iter().collect();
+        for chunk in views.chunks(ROWS_PER_STATEMENT) {
+            update_views(tx, chunk).await?;
+        }
+        let leaders: Vec<_> = fold.leaders.into_iter().collect();
+        for chunk in leaders.chunks(ROWS_PER_STATEMENT) {
+            upsert_leaders(tx, chunk).await?;
         }
         Ok(())
     }
+}
+
+/// Rows per multi-row statement: at most 11 parameters a row keeps a statement far below
+/// SQLite's 32,766 and PostgreSQL's 65,535 parameters.
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// A new `auction_view` row.
+struct Opened {
+    auction_id: String,
+    seller: String,
+    title: String,
+    starting_price: i64,
+    min_increment: i64,
+    reserve_price: i64,
+    ends_at: DateTime<Utc>,
+    version: i64,
+    opened_at: DateTime<Utc>,
+    position: i64,
+}
+
+/// What a run of events changes in one existing `auction_view` row.
+#[derive(Default)]
+struct ViewChange {
+    /// The last accepted bid: (amount, bidder, ends_at after it).
+    last_bid: Option<(i64, String, DateTime<Utc>)>,
+    bids: i64,
+    /// (status, winner, closed_at).
+    closed: Option<(&'static str, Option<String>, DateTime<Utc>)>,
+    version: i64,
+    last_position: i64,
+}
+
+/// What a run of events changes in one bidder's leaderboard row.
+struct LeaderChange {
+    /// Accepted bids only increase, so a bidder's latest bid is their best.
+    best: i64,
+    bids: i64,
+    last_bid_at: DateTime<Utc>,
+    last_position: i64,
+}
+
+/// A run of events folded per row, in log order within each row.
+#[derive(Default)]
+struct Fold {
+    opened: Vec<Opened>,
+    views: BTreeMap<String, ViewChange>,
+    leaders: BTreeMap<(String, String), LeaderChange>,
+}
+
+impl Fold {
+    fn of(events: &[RecordedEvent]) -> Result<Fold, ProjectionError> {
+        let mut fold = Fold::default();
+        for e in events.iter().filter(|e| e.aggregate_type == Auction::TYPE) {
+            match e.decode::<AuctionEvent>()? {
+                AuctionEvent::AuctionOpened {
+                    auction_id,
+                    seller,
+                    title,
+                    starting_price,
+                    min_increment,
+                    reserve_price,
+                    ends_at,
+                    opened_at,
+                    ..
+                } => fold.opened.push(Opened {
+                    auction_id: auction_id.as_str().to_string(),
+                    seller: seller.as_str().to_string(),
+                    title,
+                    starting_price: starting_price.get(),
+                    min_increment: min_increment.get(),
+                    reserve_price: reserve_price.get(),
+                    ends_at,
+                    version: e.sequence,
+                    opened_at,
+                    position: e.position,
+                }),
+                AuctionEvent::BidPlaced {
+                    bidder,
+                    amount,
+                    placed_at,
+                    ends_at,
+                    ..
+                } => {
+                    let view = fold.view(e);
+                    view.last_bid = Some((amount.get(), bidder.as_str().to_string(), ends_at));
+                    view.bids += 1;
+                    let key = (e.aggregate_id.clone(), bidder.as_str().to_string());
+                    let leader = fold.leaders.entry(key).or_insert(LeaderChange {
+                        best: amount.get(),
+                        bids: 0,
+                        last_bid_at: placed_at,
+                        last_position: e.position,
+                    });
+                    leader.best = amount.get();
+                    leader.bids += 1;
+                    leader.last_bid_at = placed_at;
+                    leader.last_position = e.position;
+                }
+                AuctionEvent::AuctionClosed { outcome, closed_at } => {
+                    let (status, winner) = match outcome {
+                        CloseOutcome::Sold { winner, .. } => {
+                            ("SOLD", Some(winner.as_str().to_string()))
+                        }
+                        CloseOutcome::Unsold { .. } => ("UNSOLD", None),
+                    };
+                    fold.view(e).closed = Some((status, winner, closed_at));
+                }
+            }
+        }
+        Ok(fold)
+    }
+
+    /// The change to `e`'s auction row, moved to `e`'s version and position.
+    fn view(&mut self, e: &RecordedEvent) -> &mut ViewChange {
+        let view = self.views.entry(e.aggregate_id.clone()).or_default();
+        view.version = e.sequence;
+        view.last_position = e.position;
+        view
+    }
+}
+
+/// `(CAST($1 AS t1), ...), (...)`: `rows` tuples of placeholders with the given column types.
+/// The casts give PostgreSQL the types of a VALUES list whose parameters could be NULL.
+fn values(rows: usize, types: &[&str]) -> String {
+    let mut out = String::with_capacity(rows * types.len() * 24);
+    let mut n = 0;
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for (i, t) in types.iter().enumerate() {
+            n += 1;
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("CAST(${n} AS {t})"));
+        }
+        out.push(')');
+    }
+    out
+}
+
+async fn insert_opened(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[Opened],
+) -> Result<(), ProjectionError> {
+    const TYPES: &[&str] = &[
+        "text", "text", "text", "bigint", "bigint", "bigint", "text", "bigint", "bigint", "text",
+        "bigint",
+    ];
+    let sql = format!(
+        "WITH d(auction_id, seller_id, title, starting, increment, reserve, ends_at, \
+         ends_at_ms, version, opened_at, position) AS (VALUES {}) \
+         INSERT INTO auction_view (auction_id, seller_id, title, status, starting_price_cents, \
+         min_increment_cents, reserve_price_cents, ends_at, ends_at_ms, highest_amount_cents, \
+         highest_bidder_id, bid_count, version, opened_at, opened_position, last_position, \
+         closed_at, winner_id) \
+         SELECT d.auction_id, d.seller_id, d.title, 'OPEN', d.starting, d.increment, d.reserve, \
+         d.ends_at, d.ends_at_ms, NULL, NULL, 0, d.version, d.opened_at, d.position, d.position, \
+         NULL, NULL FROM d WHERE true ON CONFLICT (auction_id) DO NOTHING",
+        values(rows.len(), TYPES)
+    );
+    let mut q = sqlx::query(&sql).persistent(false);
+    for r in rows {
+        q = q
+            .bind(r.auction_id.as_str())
+            .bind(r.seller.as_str())
+            .bind(r.title.as_str())
+            .bind(r.starting_price)
+            .bind(r.min_increment)
+            .bind(r.reserve_price)
+            .bind(rfc3339(r.ends_at))
+            .bind(r.ends_at.timestamp_millis())
+            .bind(r.version)
+            .bind(rfc3339(r.opened_at))
+            .bind(r.position);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn update_views(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[(String, ViewChange)],
+) -> Result<(), ProjectionError> {
+    const TYPES: &[&str] = &[
+        "text", "bigint", "text", "text", "bigint", "bigint", "text", "text", "text", "bigint",
+        "bigint",
+    ];
+    let sql = format!(
+        "WITH d(auction_id, amount, bidder, ends_at, ends_at_ms, bids, status, winner, \
+         closed_at, version, last_position) AS (VALUES {}) \
+         UPDATE auction_view SET \
+         highest_amount_cents = COALESCE(d.amount, auction_view.highest_amount_cents), \
+         highest_bidder_id = COALESCE(d.bidder, auction_view.highest_bidder_id), \
+         ends_at = COALESCE(d.ends_at, auction_view.ends_at), \
+         ends_at_ms = COALESCE(d.ends_at_ms, auction_view.ends_at_ms), \
+         bid_count = auction_view.bid_count + d.bids, \
+         status = COALESCE(d.status, auction_view.status), \
+         winner_id = CASE WHEN d.status IS NULL THEN auction_view.winner_id ELSE d.winner END, \
+         closed_at = COALESCE(d.closed_at, auction_view.closed_at), \
+         version = d.version, last_position = d.last_position \
+         FROM d WHERE auction_view.auction_id = d.auction_id",
+        values(rows.len(), TYPES)
+    );
+    let mut q = sqlx::query(&sql).persistent(false);
+    for (id, c) in rows {
+        let (amount, bidder, ends_at) = match &c.last_bid {
+            Some((amount, bidder, ends_at)) => {
+                (Some(*amount), Some(bidder.as_str()), Some(*ends_at))
+            }
+            None => (None, None, None),
+        };
+        let (status, winner, closed_at) = match &c.closed {
+            Some((status, winner, at)) => (Some(*status), winner.as_deref(), Some(rfc3339(*at))),
+            None => (None, None, None),
+        };
+        q = q
+            .bind(id.as_str())
+            .bind(amount)
+            .bind(bidder)
+            .bind(ends_at.map(rfc3339))
+            .bind(ends_at.map(|t| t.timestamp_millis()))
+            .bind(c.bids)
+            .bind(status)
+            .bind(winner)
+            .bind(closed_at)
+            .bind(c.version)
+            .bind(c.last_position);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn upsert_leaders(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[((String, String), LeaderChange)],
+) -> Result<(), ProjectionError> {
+    const TYPES: &[&str] = &["text", "text", "bigint", "bigint", "text", "bigint"];
+    let sql = format!(
+        "WITH d(auction_id, bidder_id, best, bids, last_bid_at, last_position) AS (VALUES {}) \
+         INSERT INTO auction_leaderboard (auction_id, bidder_id, best_amount_cents, bid_count, \
+         last_bid_at, last_position) SELECT * FROM d WHERE true \
+         ON CONFLICT (auction_id, bidder_id) DO UPDATE SET \
+         best_amount_cents = excluded.best_amount_cents, \
+         bid_count = auction_leaderboard.bid_count + excluded.bid_count, \
+         last_bid_at = excluded.last_bid_at, last_position = excluded.last_position",
+        values(rows.len(), TYPES)
+    );
+    let mut q = sqlx::query(&sql).persistent(false);
+    for ((auction, bidder), c) in rows {
+        q = q
+            .bind(auction.as_str())
+            .bind(bidder.as_str())
+            .bind(c.best)
+            .bind(c.bids)
+            .bind(rfc3339(c.last_bid_at))
+            .bind(c.last_position);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// One row of `auction_view`.
