@@ -17,7 +17,9 @@
 #        pg_ctl -D target/pg-throwaway/data stop   (as its owner when root)
 #
 # Then, as root with apt-get, tries to install PostGIS for the server's major
-# version if the extension is not available (failure is only a warning).
+# version if the extension is not available, and Debian's chromium for the web
+# console's browser tests (failures are only warnings: without a browser those
+# tests skip with a loud message).
 #
 # Knobs (mostly for testing this script):
 #   TRIAD_SERVICES_DEFAULT_URL  URL tried in (b)
@@ -118,6 +120,30 @@ ensure_postgis() {
         log "installed postgresql-$major-postgis-3"
     else
         log "WARNING: could not install postgresql-$major-postgis-3; PostGIS features will be unavailable"
+        { mkdir -p "$REPO_ROOT/target" && : >"$marker"; } || true
+    fi
+    return 0
+}
+
+ensure_browser() {
+    if [ -n "${TRIAD_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ] || [ -x /usr/bin/chromium-browser ]; then
+        return 0
+    fi
+    if ! can_apt; then
+        log "note: no chromium; the web console's browser tests will be skipped"
+        return 0
+    fi
+    # Remember a failed install so that later runs stay fast (delete to retry).
+    local marker="$REPO_ROOT/target/.services-chromium-failed"
+    if [ -e "$marker" ]; then
+        log "note: chromium not available (install failed before; rm $marker to retry)"
+        return 0
+    fi
+    log "installing chromium for the web console's browser tests"
+    if apt_install chromium fonts-dejavu-core; then
+        log "installed chromium"
+    else
+        log "WARNING: could not install chromium; the web console's browser tests will be skipped"
         { mkdir -p "$REPO_ROOT/target" && : >"$marker"; } || true
     fi
     return 0
@@ -379,6 +405,7 @@ main() {
     find_server
     [ -n "$RESULT_URL" ] || die "no PostgreSQL server found"
     ensure_postgis "$RESULT_URL"
+    ensure_browser
 }
 
 # Run everything with stdout sent to stderr: apt-get, pg_ctl etc. print there,

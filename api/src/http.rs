@@ -1,4 +1,5 @@
-//! HTTP routes: POST/GET /graphql, GET /graphql/ws, /healthz, /readyz, /metrics.
+//! HTTP routes: POST/GET /graphql, GET /graphql/ws, /healthz, /readyz, /metrics, and the web
+//! console (`/`, `/assets/...`, and `/demo/tokens` under `--demo`; see `web.rs`).
 
 use crate::auth::Auth;
 use crate::errors;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub engine: Arc<Engine>,
     pub ws: WsConfig,
+    /// Demo identities for the console's sign-in (`--demo` only).
+    pub demo: crate::web::DemoSwitch,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -44,6 +47,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(crate::web::index))
+        .route("/assets/{*path}", get(crate::web::asset))
+        .route("/demo/tokens", get(crate::web::demo_tokens))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -15,6 +15,7 @@ pub mod relay;
 pub mod scheduler;
 pub mod server;
 pub mod tools;
+pub mod web;
 pub mod ws;
 
 pub use server::{Server, ServerConfig};

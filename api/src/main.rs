@@ -198,7 +198,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .await
                     .context("loading demo data")?;
             }
-            eprintln!("triad: serving on http://{}/graphql", server.addr);
+            eprintln!(
+                "triad: serving on http://{0}/graphql (web console at http://{0}/)",
+                server.addr
+            );
             tokio::select! {
                 _ = server.wait() => {}
                 _ = tokio::signal::ctrl_c() => eprintln!("triad: stopping"),

@@ -109,6 +109,7 @@ pub struct Server {
     pub engine: Arc<Engine>,
     pub charities: Arc<AggregateStore<triad_domain::donation::Charity>>,
     pub donations: Arc<AggregateStore<Donation>>,
+    demo: crate::web::DemoSwitch,
     http: JoinHandle<()>,
     scheduler: JoinHandle<()>,
     alert_engine: JoinHandle<()>,
@@ -170,7 +171,9 @@ impl Server {
             llm: config.llm.clone(),
         }));
         let engine = Engine::new(schema.clone(), tail.clone(), config.ws.outbox_capacity);
+        let demo = crate::web::DemoSwitch::default();
         let state = AppState {
+            demo: demo.clone(),
             engine: engine.clone(),
             ws: config.ws.clone(),
             schema,
@@ -220,6 +223,7 @@ impl Server {
             alert_engine,
             charities,
             donations,
+            demo,
             matcher,
             geo_feed,
             push,
@@ -235,6 +239,12 @@ impl Server {
     /// A donation's current state (tests and tools).
     pub async fn donation_state(&self, id: &str) -> (Donation, usize) {
         self.donations.load(id).await.unwrap_or_default()
+    }
+
+    /// Opens `GET /demo/tokens` with these identities (`triad serve --demo`, once its data is
+    /// loaded). Only the first call counts.
+    pub fn enable_demo(&self, identities: Vec<crate::web::DemoIdentity>) {
+        let _ = self.demo.set(identities);
     }
 
     /// Runs until the HTTP server stops.
