@@ -219,7 +219,9 @@ try {
   await doc.waitForSelector('[data-testid=alert][data-live=true][data-kind=SPO2]', WAIT);
   summary.alertToPage = Number(await doc.getAttribute('[data-testid=alert][data-live=true]', 'data-rendered-at')) - t0;
   assert(true, `an alert raised by readings sent from outside arrives live (${summary.alertToPage.toFixed(0)} ms after the readings were sent)`);
-  await doc.waitForFunction(() => document.querySelector('[data-testid=chart-SPO2]'));
+  // The alert means new readings: the page reloads its charts, and the dip is drawn.
+  await doc.waitForFunction((n) => Number(document.querySelector('[data-testid=chart-SPO2]')?.dataset.points) >= n, 70 + readings.length);
+  assert(true, 'the SpO2 chart is redrawn with the readings behind the alert');
   await shot(doc, '10-patient-live-alert');
 
   // --- 7. donations: radius search, a match arriving live, claim -------------------------------

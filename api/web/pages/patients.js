@@ -53,6 +53,7 @@ function patientView(root, id, me) {
   const range = h('select', { id: 'range', 'data-testid': 'range' }, RANGES.map(([v, label]) => h('option', { value: v, selected: v === 'P1D' }, label)));
   const bucket = h('select', { id: 'bucket', 'data-testid': 'bucket' }, BUCKETS.map((b) => h('option', { value: b, selected: b === 'HOUR' }, b.toLowerCase())));
   const charts = h('div', { class: 'grid', 'data-testid': 'charts' });
+  const absent = h('p', { class: 'muted' });
   const alertsList = h('ul', { 'data-testid': 'alerts', 'aria-live': 'polite' });
   const rulesBody = h('tbody');
   const digest = h('p', { 'data-testid': 'digest' });
@@ -68,7 +69,7 @@ function patientView(root, id, me) {
   root.append(h('section', { class: 'card', 'aria-labelledby': 'vitals-h' }, heading, errors,
       h('h3', { id: 'vitals-h' }, 'Vitals'),
       h('div', { class: 'row' }, h('label', { for: 'range' }, 'Range', range), h('label', { for: 'bucket' }, 'Bucket', bucket)),
-      charts),
+      charts, absent),
     h('div', { class: 'grid' },
       h('section', { class: 'card', 'aria-labelledby': 'alerts-h' }, h('h3', { id: 'alerts-h' }, 'Alerts'), alertsList),
       h('section', { class: 'card', 'aria-labelledby': 'digest-h' }, h('h3', { id: 'digest-h' }, 'Digest'), digest)),
@@ -78,6 +79,14 @@ function patientView(root, id, me) {
       canRule ? [ruleMsg, ruleForm] : null));
 
   const plots = [];
+  // Charts follow their card's width (grid columns change as cards are added, on rotation).
+  const chartWidth = (box) => Math.max(200, box.clientWidth - 26);
+  const sizes = new ResizeObserver((entries) => {
+    for (const { target } of entries) {
+      const plot = plots.find((p) => p.root.parentElement === target);
+      if (plot && plot.width !== chartWidth(target)) plot.setSize({ width: chartWidth(target), height: 180 });
+    }
+  });
   const seenAlerts = new Set();
   const liveAlerts = new Map(); // alerts that arrived by subscription, by id
   let loading = 0;
@@ -96,9 +105,8 @@ function patientView(root, id, me) {
     charts.append(box);
     const xs = points.map((p) => new Date(p.at).getTime() / 1000);
     const data = [xs, points.map((p) => p.avg), points.map((p) => p.min), points.map((p) => p.max)];
-    const width = Math.max(240, box.clientWidth - 26);
     const plot = new uPlot({
-      width, height: 180, title: '',
+      width: chartWidth(box), height: 180, title: '',
       // The chosen range, not the data's extent: charts line up, and one point still reads.
       scales: { x: { time: true, range: () => [fromSec, toSec] } },
       series: [{}, { label: 'avg', stroke: '#1f5fbf', width: 2 },
@@ -108,6 +116,7 @@ function patientView(root, id, me) {
     plot.root.setAttribute('role', 'img');
     plot.root.setAttribute('aria-label', `${label}: ${points.length} points, from ${Math.min(...data[2])} to ${Math.max(...data[3])} ${unit}`);
     plots.push(plot);
+    sizes.observe(box);
   }
 
   async function load() {
@@ -120,14 +129,16 @@ function patientView(root, id, me) {
       if (ticket !== loading) return; // a newer choice of range or bucket won
       const p = data.patient;
       heading.textContent = `${p.name || '(erased)'}${p.dateOfBirth ? `, born ${p.dateOfBirth}` : ''}`;
+      sizes.disconnect();
       plots.splice(0).forEach((plot) => plot.destroy());
       charts.replaceChildren();
+      absent.textContent = '';
       const empty = [];
       for (const [kind, label, unit] of KINDS) {
         if (p[kind].length) chart(kind, label, unit, p[kind], [from.getTime() / 1000, to.getTime() / 1000]);
         else empty.push(label);
       }
-      if (empty.length) charts.append(h('p', { class: 'muted' }, `No readings in this range: ${empty.join(', ')}.`));
+      if (empty.length) absent.textContent = `No readings in this range: ${empty.join(', ')}.`;
       charts.dataset.loaded = 'true';
       alertsList.replaceChildren();
       const alerts = [...p.alerts].sort((a, b) => b.raisedAt.localeCompare(a.raisedAt));
@@ -177,5 +188,5 @@ function patientView(root, id, me) {
     onError: (err) => errors.set(`Live alerts stopped: ${errorText(err)}`),
   });
   load().then(() => { stop = subscribe(); });
-  return () => { left = true; stop?.(); clearTimeout(reload); plots.forEach((p) => p.destroy()); };
+  return () => { left = true; stop?.(); clearTimeout(reload); sizes.disconnect(); plots.forEach((p) => p.destroy()); };
 }
