@@ -166,7 +166,8 @@ impl ProjectionRunner {
         migrate_checkpoints(&store).await?;
         let mut progress = BTreeMap::new();
         let mut tasks = vec![];
-        for p in projections {
+        let mut outdated = vec![];
+        for p in &projections {
             store.migrate(p.name(), p.migrations()).await?;
             register_checkpoint(store.read_pool(), p.name(), p.version()).await?;
             if stored_version(store.read_pool(), p.name()).await? != Some(p.version())
@@ -177,8 +178,12 @@ impl ProjectionRunner {
                     version = p.version(),
                     "projection code changed: rebuilding it from the log"
                 );
-                crate::rebuild::rebuild(&store, p.as_ref(), &|_, _| {}).await?;
+                outdated.push(p.as_ref());
             }
+        }
+        // One pass over the log for all of them.
+        crate::rebuild::rebuild_all(&store, &outdated, &|_, _| {}).await?;
+        for p in projections {
             let from = checkpoint(store.read_pool(), p.name()).await?;
             let (tx, rx) = watch::channel(from);
             progress.insert(p.name(), rx);
