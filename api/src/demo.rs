@@ -252,13 +252,24 @@ async fn load_patients(gql: &Gql<'_>) -> anyhow::Result<Vec<(String, String)>> {
             let at = now - Duration::days(day) - Duration::minutes(30);
             readings.push(json!({ "kind": "PAIN", "value": pain, "at": at.to_rfc3339() }));
         }
-        gql.call(
-            &id,
-            Role::Patient,
-            "mutation($input: RecordVitalsInput!) { recordVitals(input: $input) { recorded } }",
-            json!({ "input": { "patientId": id, "readings": readings } }),
-        )
-        .await?;
+        // Rules are judged at the latest reading of each batch, as a device sends them: two
+        // batches, the first ending in Ada's dip, so her alert is raised (and then resolved).
+        let dip_end = now - Duration::hours(6) + Duration::minutes(16);
+        let (earlier, later): (Vec<Value>, Vec<Value>) = readings.into_iter().partition(|r| {
+            r["at"]
+                .as_str()
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                .is_some_and(|at| at <= dip_end)
+        });
+        for batch in [earlier, later] {
+            gql.call(
+                &id,
+                Role::Patient,
+                "mutation($input: RecordVitalsInput!) { recordVitals(input: $input) { recorded } }",
+                json!({ "input": { "patientId": id, "readings": batch } }),
+            )
+            .await?;
+        }
         out.push((id, name.to_string()));
     }
     eprintln!("triad: demo patients loaded (Dr. Demo: Ada Lovelace, Alan Turing)");
