@@ -1,9 +1,10 @@
-//! Donation read models: `charity_view`, `donation_view`, and on PostgreSQL with PostGIS the
-//! `charity_geo` table (geography point, GiST index) for queries that need SQL joins.
+//! Donation read models: `charity_view`, `donation_view`, `capacity_reservations` (the
+//! reservation sweeper's work list), and on PostgreSQL with PostGIS the `charity_geo` table
+//! (geography point, GiST index) for queries that need SQL joins.
 
 use crate::geo::Near;
 use crate::runner::{Projection, ProjectionError};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use triad_domain::donation::{CharityEvent, DonationEvent, FoodType};
 use triad_eventstore::store::Migration;
@@ -39,6 +40,19 @@ const EXPIRY: &str =
     "ALTER TABLE donation_view ADD COLUMN expires_at_ms bigint NOT NULL DEFAULT 0; \
     CREATE INDEX IF NOT EXISTS donation_view_expiry_idx ON donation_view (status, expires_at_ms)";
 
+/// Reservations not (yet) backed by a claim of the same charity: a row per CapacityReserved,
+/// gone when the reservation is released or its donation is claimed by that charity. What
+/// stays past a grace period was left by a claim that crashed or lost; the scheduler's sweeper
+/// releases it.
+const RESERVATIONS: &str = "CREATE TABLE IF NOT EXISTS capacity_reservations ( \
+        charity_id text NOT NULL, \
+        donation_id text NOT NULL, \
+        day text NOT NULL, \
+        kg double precision NOT NULL, \
+        reserved_at_ms bigint NOT NULL, \
+        PRIMARY KEY (charity_id, donation_id, day)); \
+    CREATE INDEX IF NOT EXISTS capacity_reservations_age_idx ON capacity_reservations (reserved_at_ms)";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -49,6 +63,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         postgres: EXPIRY,
         sqlite: EXPIRY,
+    },
+    Migration {
+        version: 3,
+        postgres: RESERVATIONS,
+        sqlite: RESERVATIONS,
     },
 ];
 
@@ -99,11 +118,21 @@ impl Projection for DonationProjection {
         MIGRATIONS
     }
 
+    /// 2: `capacity_reservations` (rebuilt from the log so existing reservations are in it).
+    fn version(&self) -> i64 {
+        2
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         if self.postgis {
-            &["charity_view", "donation_view", "charity_geo"]
+            &[
+                "charity_view",
+                "donation_view",
+                "capacity_reservations",
+                "charity_geo",
+            ]
         } else {
-            &["charity_view", "donation_view"]
+            &["charity_view", "donation_view", "capacity_reservations"]
         }
     }
 
@@ -157,7 +186,32 @@ impl Projection for DonationProjection {
                             .await?;
                     }
                 }
-                _ => {}
+                CharityEvent::CapacityReserved {
+                    donation_id,
+                    day,
+                    kg,
+                } => {
+                    // A reservation made after its donation was already claimed by this
+                    // charity is backed by that claim: nothing to sweep.
+                    sqlx::query("INSERT INTO capacity_reservations (charity_id, donation_id, day, kg, reserved_at_ms) SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM donation_view WHERE donation_id = $2 AND claimed_by = $1) ON CONFLICT DO NOTHING")
+                        .bind(&e.aggregate_id)
+                        .bind(&donation_id)
+                        .bind(day.to_string())
+                        .bind(kg)
+                        .bind(e.recorded_at.timestamp_millis())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                CharityEvent::CapacityReleased {
+                    donation_id, day, ..
+                } => {
+                    sqlx::query("DELETE FROM capacity_reservations WHERE charity_id = $1 AND donation_id = $2 AND day = $3")
+                        .bind(&e.aggregate_id)
+                        .bind(&donation_id)
+                        .bind(day.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
             },
             "Donation" => {
                 let (status, claimed_by, proposals): (
@@ -196,6 +250,12 @@ impl Projection for DonationProjection {
                         Some(serde_json::to_string(&proposals).unwrap_or_default()),
                     ),
                     DonationEvent::DonationClaimed { charity_id, .. } => {
+                        // The claim now backs this charity's reservation.
+                        sqlx::query("DELETE FROM capacity_reservations WHERE charity_id = $1 AND donation_id = $2")
+                            .bind(&charity_id)
+                            .bind(&e.aggregate_id)
+                            .execute(&mut **tx)
+                            .await?;
                         (Some("CLAIMED"), Some(charity_id), None)
                     }
                     DonationEvent::DonationPickedUp { .. } => (Some("PICKED_UP"), None, None),
@@ -261,4 +321,47 @@ pub async fn expired_donations(
         .bind(limit)
         .fetch_all(pool)
         .await?)
+}
+
+/// A reservation with no claim of its charity behind it (yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenReservation {
+    pub charity_id: String,
+    pub donation_id: String,
+    pub day: NaiveDate,
+    pub kg: f64,
+    pub reserved_at: DateTime<Utc>,
+}
+
+/// Reservations made at or before `before` that no claim of their charity backs, oldest
+/// first: the reservation sweeper's work list.
+pub async fn unclaimed_reservations(
+    pool: &AnyPool,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<OpenReservation>, ProjectionError> {
+    let rows = sqlx::query("SELECT charity_id, donation_id, day, kg, reserved_at_ms FROM capacity_reservations WHERE reserved_at_ms <= $1 ORDER BY reserved_at_ms, charity_id, donation_id LIMIT $2")
+        .bind(before.timestamp_millis())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let day: String = r.try_get("day")?;
+            let ms: i64 = r.try_get("reserved_at_ms")?;
+            Ok(OpenReservation {
+                charity_id: r.try_get("charity_id")?,
+                donation_id: r.try_get("donation_id")?,
+                day: day.parse().map_err(|e| {
+                    ProjectionError::Invalid(format!("capacity_reservations.day {day:?}: {e}"))
+                })?,
+                kg: r.try_get("kg")?,
+                reserved_at: DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+                    ProjectionError::Invalid(format!(
+                        "capacity_reservations.reserved_at_ms {ms} is out of range"
+                    ))
+                })?,
+            })
+        })
+        .collect()
 }
