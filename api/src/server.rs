@@ -49,6 +49,8 @@ pub enum ServerError {
     Projection(#[from] ProjectionError),
     #[error(transparent)]
     Relay(#[from] crate::relay::RelayError),
+    #[error(transparent)]
+    Config(#[from] scheduler::GraceError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -109,6 +111,7 @@ pub struct Server {
     pub engine: Arc<Engine>,
     pub charities: Arc<AggregateStore<triad_domain::donation::Charity>>,
     pub donations: Arc<AggregateStore<Donation>>,
+    scheduler_settings: Arc<scheduler::SchedulerSettings>,
     demo: crate::web::DemoSwitch,
     http: JoinHandle<()>,
     scheduler: JoinHandle<()>,
@@ -136,6 +139,9 @@ impl Server {
     /// Connects to the store, starts projections, the log tail and the scheduler, and
     /// listens. Returns once the server accepts connections.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let scheduler_settings = Arc::new(scheduler::SchedulerSettings::new(
+            scheduler::reservation_grace_from_env()?,
+        ));
         let store = EventStore::connect(&config.store).await?;
         let runner =
             Arc::new(ProjectionRunner::start(store.clone(), projections(&store).await).await?);
@@ -210,7 +216,13 @@ impl Server {
                 tracing::error!(error = %e, "http server stopped");
             }
         });
-        let scheduler = scheduler::spawn(store.clone(), auctions.clone(), donations.clone());
+        let scheduler = scheduler::spawn(
+            store.clone(),
+            auctions.clone(),
+            donations.clone(),
+            charities.clone(),
+            scheduler_settings.clone(),
+        );
         tracing::info!(%addr, store = %config.store, "triad is serving");
         Ok(Server {
             addr,
@@ -223,6 +235,7 @@ impl Server {
             alert_engine,
             charities,
             donations,
+            scheduler_settings,
             demo,
             matcher,
             geo_feed,
@@ -239,6 +252,12 @@ impl Server {
     /// A donation's current state (tests and tools).
     pub async fn donation_state(&self, id: &str) -> (Donation, usize) {
         self.donations.load(id).await.unwrap_or_default()
+    }
+
+    /// Changes how old an unclaimed reservation must be before the scheduler releases it
+    /// (TRIAD_RESERVATION_GRACE at start; tests shorten it).
+    pub fn set_reservation_grace(&self, grace: std::time::Duration) {
+        self.scheduler_settings.set_reservation_grace(grace);
     }
 
     /// Opens `GET /demo/tokens` with these identities (`triad serve --demo`, once its data is
