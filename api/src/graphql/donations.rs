@@ -13,7 +13,7 @@ use triad_domain::donation::{
 use triad_domain::geo::GeoPoint;
 use triad_domain::Role;
 use triad_eventstore::store::LogFilter;
-use triad_eventstore::{CommandContext, CommandError};
+use triad_eventstore::{AggregateStore, CommandContext, CommandError};
 
 /// Largest radius `charitiesNear` accepts.
 pub const MAX_RADIUS_KM: f64 = 500.0;
@@ -402,7 +402,17 @@ impl DonationMutation {
             .execute(donation_id.as_str(), claim, context())
             .await
         {
-            Ok(outcome) => Ok(donation_node(&outcome.state)),
+            Ok(outcome) => {
+                let reservation = Reservation {
+                    charity_id: charity_id.as_str(),
+                    donation_id: donation_id.as_str(),
+                    day,
+                    kg: donation.quantity_kg,
+                    food_type: food,
+                };
+                ensure_reserved(&s.charities, &reservation, context()).await;
+                Ok(donation_node(&outcome.state))
+            }
             Err(e) => {
                 // Compensation: give the capacity back.
                 let release = CharityCommand::Release {
@@ -418,6 +428,53 @@ impl DonationMutation {
                 }
                 Err(donation_error(e))
             }
+        }
+    }
+}
+
+struct Reservation<'a> {
+    charity_id: &'a str,
+    donation_id: &'a str,
+    day: chrono::NaiveDate,
+    kg: f64,
+    food_type: DomainFood,
+}
+
+/// After a claim: reserves again if the reservation was swept while the claim was in flight
+/// (a claim slower than the sweeper's grace, or a retry that found a crashed claim's old
+/// reservation just as it was swept). The claim reads the charity after claiming, the sweeper
+/// reads the donation after releasing, so one of the two always sees the other and reserves
+/// again. The claim stands either way: failures here are logged, not returned.
+async fn ensure_reserved(
+    charities: &AggregateStore<Charity>,
+    r: &Reservation<'_>,
+    context: CommandContext,
+) {
+    let held = match charities.load(r.charity_id).await {
+        Ok((charity, _)) => charity
+            .reserved
+            .get(&r.day)
+            .is_some_and(|d| d.contains_key(r.donation_id)),
+        Err(e) => {
+            tracing::error!(error = %e, donation = %r.donation_id, charity = %r.charity_id, "could not check a claim's reservation");
+            return;
+        }
+    };
+    if held {
+        return;
+    }
+    let reserve = CharityCommand::Reserve {
+        donation_id: r.donation_id.to_string(),
+        day: r.day,
+        kg: r.kg,
+        food_type: r.food_type,
+    };
+    match charities.execute(r.charity_id, reserve, context).await {
+        Ok(_) => {
+            tracing::warn!(donation = %r.donation_id, charity = %r.charity_id, "a claim's reservation was swept while it was in flight: reserved again")
+        }
+        Err(e) => {
+            tracing::error!(error = %e, donation = %r.donation_id, charity = %r.charity_id, "a claim's reservation was swept while it was in flight, and it could not be reserved again")
         }
     }
 }
