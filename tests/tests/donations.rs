@@ -643,3 +643,193 @@ async fn matching_respects_pickup_hours_and_reacts_to_capacity_changes() {
     .await;
     assert_eq!(got, [small]);
 }
+
+/// Reservations (charity, donation) the sweeper would look at, however young.
+async fn unclaimed(server: &triad_api::Server) -> Vec<(String, String)> {
+    let far = Utc::now() + Duration::days(365);
+    let mut rows: Vec<(String, String)> =
+        triad_projections::donations::unclaimed_reservations(server.store.read_pool(), far, 1_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.charity_id, r.donation_id))
+            .collect();
+    rows.sort();
+    rows
+}
+
+/// A claim that crashed between its two steps, or lost and could not give its capacity back,
+/// leaves a reservation without a claim. The scheduler releases it once it is older than the
+/// grace period, as the system, exactly once even with two replicas sweeping; reservations
+/// backed by a claim are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_left_without_a_claim_are_swept() {
+    use triad_domain::donation::{CharityCommand, CharityEvent, FoodType};
+    use triad_eventstore::store::LogFilter;
+    use triad_eventstore::CommandContext;
+
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let db = TestDb::create(backend).await;
+        let server = start_server(&db).await;
+        let anon = Client::new(server.addr, None);
+        let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+        let m1 = anon.with_token(Some(token("m1", Role::Charity)));
+        let m2 = anon.with_token(Some(token("m2", Role::Charity)));
+        let a = register(&m1, "A", 5.0, 5.0, 10.0, &["BAKERY"]).await;
+        let b = register(&m2, "B", 5.0, 5.01, 10.0, &["BAKERY"]).await;
+        let mut posted = vec![];
+        for kg in [4.0, 5.0, 1.0, 1.0] {
+            posted.push(
+                post(&donor, "BAKERY", kg, 5.0, 5.0).await.ok()["postDonation"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        let [kept, crashed, lost, later] = <[String; 4]>::try_from(posted).unwrap();
+        let (donation, _) = server.donation_state(&kept).await;
+        let day = donation.pickup_day().unwrap();
+
+        // A claims `kept` properly.
+        let r = m1.query(CLAIM, json!({ "d": kept, "c": a })).await;
+        assert_eq!(r.ok()["claimDonation"]["claimedBy"], a.as_str());
+        // A's claims of `crashed` and `lost` reserved, then the process died: the reserve
+        // step alone, as the saga would have executed it. B then claims `lost`.
+        let m1_actor = triad_domain::Actor {
+            sub: triad_domain::UserId::parse("m1").unwrap(),
+            role: Role::Charity,
+        };
+        for (d, kg) in [(&crashed, 5.0), (&lost, 1.0)] {
+            let reserve = CharityCommand::Reserve {
+                donation_id: d.clone(),
+                day,
+                kg,
+                food_type: FoodType::Bakery,
+            };
+            let outcome = server
+                .charities
+                .execute(
+                    &a,
+                    reserve,
+                    CommandContext::new(m1_actor.clone(), "crashed-claim"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcome.events.len(), 1);
+        }
+        let r = m2.query(CLAIM, json!({ "d": lost, "c": b })).await;
+        assert_eq!(r.ok()["claimDonation"]["claimedBy"], b.as_str());
+
+        // The leak: A is full, although it holds only 4 kg of claimed food.
+        assert!((server.charities_state(&a).await.0.reserved_on(day) - 10.0).abs() < 1e-9);
+        let r = m1.query(CLAIM, json!({ "d": later, "c": a })).await;
+        assert_eq!(r.code(), Some("CAPACITY_EXCEEDED"));
+        // The read model lists exactly the two reservations no claim of A backs.
+        let mut expected = vec![(a.clone(), crashed.clone()), (a.clone(), lost.clone())];
+        expected.sort();
+        eventually(
+            10,
+            "the unclaimed reservations in the read model",
+            || async { (unclaimed(&server).await == expected).then_some(()) },
+        )
+        .await;
+        assert!(
+            server.charities_state(&a).await.0.reserved_on(day) > 9.0,
+            "nothing is swept within the default grace"
+        );
+
+        // A short grace (and, on PostgreSQL, a second replica sweeping the same store).
+        let replica = match backend {
+            Backend::Postgres => Some(start_server(&db).await),
+            Backend::Sqlite => None,
+        };
+        for s in std::iter::once(&server).chain(replica.as_ref()) {
+            s.set_reservation_grace(StdDuration::from_millis(200));
+        }
+        let held = eventually(15, "the unclaimed reservations released", || async {
+            let (state, _) = server.charities_state(&a).await;
+            let held: Vec<String> = state
+                .reserved
+                .get(&day)
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default();
+            (held.len() == 1).then_some(held)
+        })
+        .await;
+        assert_eq!(
+            held,
+            [kept.as_str()],
+            "the claimed donation's reservation is kept"
+        );
+        assert!((server.charities_state(&a).await.0.reserved_on(day) - 4.0).abs() < 1e-9);
+        assert!(
+            (server.charities_state(&b).await.0.reserved_on(day) - 1.0).abs() < 1e-9,
+            "B's claim keeps its reservation"
+        );
+        eventually(
+            10,
+            "the read model to drop the released reservations",
+            || async { unclaimed(&server).await.is_empty().then_some(()) },
+        )
+        .await;
+
+        // Released once each (two replicas notwithstanding), by the scheduler.
+        triad_tests::settled(&server.store).await;
+        let released: Vec<_> = server
+            .store
+            .read(1, 10_000, &LogFilter::aggregate("Charity", &a))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.event_type == "CapacityReleased")
+            .collect();
+        let mut ids: Vec<String> = released
+            .iter()
+            .map(|e| match e.decode::<CharityEvent>().unwrap() {
+                CharityEvent::CapacityReleased { donation_id, .. } => donation_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        ids.sort();
+        let mut want = vec![crashed.clone(), lost.clone()];
+        want.sort();
+        assert_eq!(ids, want, "{backend:?}");
+        for e in &released {
+            let m = e.metadata().unwrap();
+            assert_eq!(
+                (m.actor_role.as_str(), m.actor_sub.as_str()),
+                ("system", "scheduler")
+            );
+        }
+        drop(replica);
+
+        // The capacity is back: A claims `later` and, after all, `crashed`.
+        for d in [&later, &crashed] {
+            let r = m1.query(CLAIM, json!({ "d": d, "c": a })).await;
+            assert_eq!(r.ok()["claimDonation"]["claimedBy"], a.as_str());
+        }
+        assert!((server.charities_state(&a).await.0.reserved_on(day) - 10.0).abs() < 1e-9);
+        // Claimed reservations never become the sweeper's work, however old: with the read
+        // model caught up with both claims, nothing is left to sweep.
+        triad_tests::settled(&server.store).await;
+        let head = server.store.head().await.unwrap();
+        assert!(
+            server
+                .runner
+                .wait_for(head, StdDuration::from_secs(10))
+                .await,
+            "the projections to reach the head"
+        );
+        assert!(unclaimed(&server).await.is_empty());
+        let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("triad_reservation_sweeps_total{outcome=\"released\"}"),
+            "{metrics}"
+        );
+    }
+}
