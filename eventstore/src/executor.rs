@@ -257,7 +257,13 @@ where
         cached: &mut Cached<A>,
         batch: &[Pending<A>],
     ) -> Result<Vec<Result<Outcome<A>, CommandError<A::Error>>>, StoreError> {
-        self.refresh(id, cached).await?;
+        // A cache this process kept current is trusted without a round trip: if another
+        // process appended meanwhile, an accepted command's append hits the taken sequence
+        // (a conflict: refresh and decide again), and rejections are confirmed below.
+        let trusted = cached.fresh;
+        if !trusted {
+            self.refresh(id, cached).await?;
+        }
         let now: DateTime<Utc> = Utc::now();
         let mut to_append: Vec<SerializedEvent> = vec![];
         let mut results = Vec::with_capacity(batch.len());
@@ -300,6 +306,20 @@ where
                         state: cached.state.summary(),
                     }));
                 }
+            }
+        }
+        // A refusal, or an acceptance with nothing to record (an idempotent repeat), leaves
+        // nothing in the store to collide with, so a stale cache would go unnoticed there.
+        let unanchored = results
+            .iter()
+            .any(|r| r.as_ref().map_or(true, |o| o.events.is_empty()));
+        if trusted && unanchored {
+            // Make sure no newer events exist (events only ever grow, so none now means none
+            // when we decided). `cached.version` is still the stored version here.
+            let newer = self.store.load::<A>(id, cached.version).await?;
+            if !newer.is_empty() {
+                cached.fresh = false;
+                return Err(StoreError::Conflict);
             }
         }
         if !to_append.is_empty() {

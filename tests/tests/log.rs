@@ -226,3 +226,75 @@ async fn postgres_conflicts_between_processes_are_retried() {
     assert_eq!(state.highest.unwrap().amount.get(), 1_059);
     assert_eq!(version, 1 + amounts.len());
 }
+
+/// Two processes over one log, each with its own cached copy of a charity (capacity: one
+/// reservation). Whichever cache is behind, a decision must be the one the whole log makes:
+/// not a refusal on a stale "full", not a silent no-op on a stale "not held", not an
+/// acceptance on a stale "free".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cache_never_decides_a_command() {
+    use triad_domain::donation::{Charity, CharityCommand, DonationError, FoodType};
+    use triad_domain::geo::GeoPoint;
+    use triad_eventstore::CommandError;
+    let db = TestDb::create(Backend::Postgres).await;
+    let url = db.url.parse().unwrap();
+    let a = AggregateStore::<Charity>::new(EventStore::connect(&url).await.unwrap());
+    let b = AggregateStore::<Charity>::new(EventStore::connect(&url).await.unwrap());
+    let day = chrono::Utc::now().date_naive();
+    let reserve = |donation: &str| CharityCommand::Reserve {
+        donation_id: donation.into(),
+        day,
+        kg: 10.0,
+        food_type: FoodType::Produce,
+    };
+    let register = CharityCommand::Register {
+        charity_id: "c1".into(),
+        manager: UserId::parse("manager").unwrap(),
+        name: "Food bank".into(),
+        location: GeoPoint::parse(48.85, 2.35).unwrap(),
+        capacity_kg: 10.0,
+        accepts: vec![FoodType::Produce],
+        pickup_hours: None,
+        now: chrono::Utc::now(),
+    };
+    a.execute("c1", register, ctx()).await.unwrap();
+    a.execute("c1", reserve("d1"), ctx()).await.unwrap();
+    // A's cache: full. B loads, then frees the room.
+    let release = CharityCommand::Release {
+        donation_id: "d1".into(),
+        day,
+    };
+    b.execute("c1", release, ctx()).await.unwrap();
+    a.execute("c1", reserve("d2"), ctx())
+        .await
+        .expect("the room B freed is there, whatever A's cache says");
+    // Now B's cache is behind (it has not seen d2): releasing d2 must not be a no-op on B's
+    // belief that d2 holds nothing, and d3 must then get the room d2 held.
+    b.execute(
+        "c1",
+        CharityCommand::Release {
+            donation_id: "d2".into(),
+            day,
+        },
+        ctx(),
+    )
+    .await
+    .unwrap();
+    b.execute("c1", reserve("d3"), ctx()).await.unwrap();
+    // A's cache is behind again (it believes d2 holds the room): d4 is refused, for d3.
+    let refused = a.execute("c1", reserve("d4"), ctx()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(CommandError::Rejected(
+                DonationError::CapacityExceeded { .. }
+            ))
+        ),
+        "d3 holds the room: {refused:?}"
+    );
+    let (state, version) = a.load("c1").await.unwrap();
+    assert_eq!(
+        version, 6,
+        "register, d1, release, d2, release, d3: {state:?}"
+    );
+}
