@@ -5,8 +5,9 @@
 use crate::geo::Near;
 use crate::runner::{Projection, ProjectionError};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use sqlx::any::AnyRow;
 use sqlx::{Any, AnyPool, Row, Transaction};
-use triad_domain::donation::{CharityEvent, DonationEvent, FoodType};
+use triad_domain::donation::{CharityEvent, DonationEvent, FoodType, Proposal};
 use triad_eventstore::store::Migration;
 use triad_eventstore::RecordedEvent;
 
@@ -53,6 +54,12 @@ const RESERVATIONS: &str = "CREATE TABLE IF NOT EXISTS capacity_reservations ( \
         PRIMARY KEY (charity_id, donation_id, day)); \
     CREATE INDEX IF NOT EXISTS capacity_reservations_age_idx ON capacity_reservations (reserved_at_ms)";
 
+/// The owners' lists (`myDonations`, `myCharities`): newest first by log position, keyset
+/// paginated per owner. `charity_view.position` is filled by a rebuild (version 3).
+const OWNERS: &str = "ALTER TABLE charity_view ADD COLUMN position bigint NOT NULL DEFAULT 0; \
+    CREATE INDEX IF NOT EXISTS charity_view_manager_idx ON charity_view (manager_id, position); \
+    CREATE INDEX IF NOT EXISTS donation_view_donor_idx ON donation_view (donor_id, position)";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -68,6 +75,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         postgres: RESERVATIONS,
         sqlite: RESERVATIONS,
+    },
+    Migration {
+        version: 4,
+        postgres: OWNERS,
+        sqlite: OWNERS,
     },
 ];
 
@@ -119,8 +131,9 @@ impl Projection for DonationProjection {
     }
 
     /// 2: `capacity_reservations` (rebuilt from the log so existing reservations are in it).
+    /// 3: `charity_view.position` (rebuilt so existing charities get theirs).
     fn version(&self) -> i64 {
-        2
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -152,7 +165,7 @@ impl Projection for DonationProjection {
                     accepts,
                     ..
                 } => {
-                    sqlx::query("INSERT INTO charity_view (charity_id, manager_id, name, lat, lng, capacity_kg, accepts) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING")
+                    sqlx::query("INSERT INTO charity_view (charity_id, manager_id, name, lat, lng, capacity_kg, accepts, position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING")
                         .bind(&charity_id)
                         .bind(manager.as_str())
                         .bind(&name)
@@ -160,6 +173,7 @@ impl Projection for DonationProjection {
                         .bind(location.lng)
                         .bind(capacity_kg)
                         .bind(accepts_text(&accepts))
+                        .bind(e.position)
                         .execute(&mut **tx)
                         .await?;
                     if self.postgis {
@@ -308,6 +322,115 @@ pub async fn near_postgis(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(Into::into)
+}
+
+/// A donation as the read model holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DonationRow {
+    pub donation_id: String,
+    pub donor_id: String,
+    pub food_type: FoodType,
+    pub quantity_kg: f64,
+    pub lat: f64,
+    pub lng: f64,
+    pub pickup_by: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `DonationStatus::as_str`: OPEN, CLAIMED, PICKED_UP, DELIVERED, EXPIRED, CANCELLED.
+    pub status: String,
+    pub claimed_by: Option<String>,
+    pub proposals: Vec<Proposal>,
+    /// Where it was posted in the log: the list's order and cursor.
+    pub position: i64,
+}
+
+fn invalid(column: &str, value: &str, e: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Invalid(format!("donation_view.{column} {value:?}: {e}"))
+}
+
+fn donation_row(r: &AnyRow) -> Result<DonationRow, ProjectionError> {
+    let time = |column: &str| -> Result<DateTime<Utc>, ProjectionError> {
+        let text: String = r.try_get(column)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| invalid(column, &text, e))
+    };
+    let food: String = r.try_get("food_type")?;
+    let proposals: String = r.try_get("proposals")?;
+    Ok(DonationRow {
+        donation_id: r.try_get("donation_id")?,
+        donor_id: r.try_get("donor_id")?,
+        food_type: FoodType::ALL
+            .into_iter()
+            .find(|f| f.as_str() == food)
+            .ok_or_else(|| invalid("food_type", &food, "not a food type"))?,
+        quantity_kg: r.try_get("quantity_kg")?,
+        lat: r.try_get("lat")?,
+        lng: r.try_get("lng")?,
+        pickup_by: time("pickup_by")?,
+        expires_at: time("expires_at")?,
+        status: r.try_get("status")?,
+        claimed_by: r.try_get("claimed_by")?,
+        proposals: serde_json::from_str(&proposals)
+            .map_err(|e| invalid("proposals", &proposals, e))?,
+        position: r.try_get("position")?,
+    })
+}
+
+/// A donor's donations (with `status`, if given), newest first, posted before
+/// `before_position` (the cursor). Returns the page and whether more follow.
+pub async fn donations_of_donor(
+    pool: &AnyPool,
+    donor_id: &str,
+    status: Option<&str>,
+    first: i64,
+    before_position: Option<i64>,
+) -> Result<(Vec<DonationRow>, bool), ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT donation_id, donor_id, food_type, quantity_kg, lat, lng, pickup_by, expires_at, \
+                status, claimed_by, proposals, position \
+         FROM donation_view \
+         WHERE donor_id = $1 AND ($2 = '' OR status = $2) AND position < $3 \
+         ORDER BY position DESC LIMIT $4",
+    )
+    .bind(donor_id)
+    .bind(status.unwrap_or(""))
+    .bind(before_position.unwrap_or(i64::MAX))
+    .bind(first + 1)
+    .fetch_all(pool)
+    .await?;
+    let mut page = rows
+        .iter()
+        .map(donation_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = page.len() as i64 > first;
+    page.truncate(first as usize);
+    Ok((page, more))
+}
+
+/// The ids and registration positions of the charities `manager_id` manages, newest first,
+/// registered before `before_position` (the cursor). Returns the page and whether more follow.
+pub async fn charities_of_manager(
+    pool: &AnyPool,
+    manager_id: &str,
+    first: i64,
+    before_position: Option<i64>,
+) -> Result<(Vec<(String, i64)>, bool), ProjectionError> {
+    let rows = sqlx::query(
+        "SELECT charity_id, position FROM charity_view \
+         WHERE manager_id = $1 AND position < $2 ORDER BY position DESC LIMIT $3",
+    )
+    .bind(manager_id)
+    .bind(before_position.unwrap_or(i64::MAX))
+    .bind(first + 1)
+    .fetch_all(pool)
+    .await?;
+    let mut page = rows
+        .iter()
+        .map(|r| Ok((r.try_get("charity_id")?, r.try_get("position")?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let more = page.len() as i64 > first;
+    page.truncate(first as usize);
+    Ok((page, more))
 }
 
 /// Open donations whose food has expired: the scheduler's work list.
