@@ -3,9 +3,8 @@
 
 use super::{caller, correlation_id, require, services};
 use crate::errors::{self, auction_error, invalid_input, not_found};
-use async_graphql::connection::{Connection, Edge};
+use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, Subscription, ID};
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt};
@@ -262,6 +261,9 @@ fn auction_id(raw: &ID) -> async_graphql::Result<AuctionId> {
     AuctionId::parse(raw.as_str()).map_err(|_| not_found(format!("no auction {:?}", raw.as_str())))
 }
 
+/// The kind in `auctions` cursors.
+const CURSOR: &str = "auction";
+
 #[derive(Default)]
 pub struct AuctionQuery;
 
@@ -287,31 +289,29 @@ impl AuctionQuery {
         #[graphql(default = 20)] first: i32,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, AuctionNode>> {
-        if !(1..=100).contains(&first) {
-            return Err(invalid_input("first must be between 1 and 100"));
-        }
-        let before = match after {
-            None => None,
-            Some(cursor) => Some(
-                decode_cursor(&cursor)
-                    .ok_or_else(|| invalid_input("after is not a cursor from this connection"))?,
-            ),
-        };
+        let first = super::page_size(first)?;
+        let before = after
+            .as_deref()
+            .map(|cursor| super::decode_cursor(CURSOR, cursor))
+            .transpose()?;
         let s = services(ctx)?;
         let (rows, more) = views::list_auctions(
             s.store.read_pool(),
             status.map(AuctionStatus::as_str),
-            first as i64,
+            first,
             before,
         )
         .await
         .map_err(errors::internal)?;
-        let mut connection = Connection::new(before.is_some(), more);
-        connection.edges.extend(rows.into_iter().map(|r| {
-            let node = AuctionNode::from_row(r);
-            Edge::new(encode_cursor(node.cursor.unwrap_or_default()), node)
-        }));
-        Ok(connection)
+        Ok(super::position_connection(
+            CURSOR,
+            before,
+            more,
+            rows.into_iter().map(|r| {
+                let node = AuctionNode::from_row(r);
+                (node.cursor.unwrap_or_default(), node)
+            }),
+        ))
     }
 
     async fn leaderboard(
@@ -322,21 +322,6 @@ impl AuctionQuery {
     ) -> async_graphql::Result<Vec<LeaderboardEntry>> {
         leaderboard_of(ctx, auction_id.as_str(), top).await
     }
-}
-
-fn encode_cursor(position: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("auction:{position}"))
-}
-
-fn decode_cursor(cursor: &str) -> Option<i64> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    String::from_utf8(bytes)
-        .ok()?
-        .strip_prefix("auction:")?
-        .parse()
-        .ok()
 }
 
 #[derive(Default)]

@@ -11,7 +11,9 @@ pub mod live;
 pub mod patients;
 
 use crate::errors;
-use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, MergedObject, MergedSubscription, OutputType, Schema};
+use base64::Engine as _;
 use std::sync::Arc;
 use triad_domain::auction::Auction;
 use triad_domain::{Actor, Role};
@@ -116,4 +118,47 @@ pub(crate) fn require<'a>(
         ))),
         None => Err(errors::forbidden("this operation needs a bearer token")),
     }
+}
+
+/// Connections keyed by log position (auctions, a donor's donations, a manager's charities),
+/// newest first. Cursors are opaque (base64url of "KIND:POSITION") and typed by KIND, so a
+/// cursor from one connection is refused by another instead of silently skipping rows.
+pub(crate) fn encode_cursor(kind: &str, position: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{kind}:{position}"))
+}
+
+/// `first` of a position-keyed connection: 1 to 100.
+pub(crate) fn page_size(first: i32) -> async_graphql::Result<i64> {
+    if (1..=100).contains(&first) {
+        Ok(first.into())
+    } else {
+        Err(errors::invalid_input("first must be between 1 and 100"))
+    }
+}
+
+/// The position in `after`, a cursor [`encode_cursor`] made for `kind`; INVALID_INPUT otherwise.
+pub(crate) fn decode_cursor(kind: &str, after: &str) -> async_graphql::Result<i64> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(after)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(kind)?.strip_prefix(':')?.parse().ok())
+        .ok_or_else(|| errors::invalid_input("after is not a cursor from this connection"))
+}
+
+/// A page of a position-keyed connection: `(position, node)` newest first, `after` the cursor
+/// the page was asked after (if any), `more` whether older ones follow.
+pub(crate) fn position_connection<T: OutputType>(
+    kind: &str,
+    after: Option<i64>,
+    more: bool,
+    nodes: impl IntoIterator<Item = (i64, T)>,
+) -> Connection<String, T> {
+    let mut connection = Connection::new(after.is_some(), more);
+    connection.edges.extend(
+        nodes
+            .into_iter()
+            .map(|(position, node)| Edge::new(encode_cursor(kind, position), node)),
+    );
+    connection
 }
