@@ -2,10 +2,14 @@
 
 use super::{require, services};
 use crate::errors::{self, coded, forbidden, invalid_input, not_found};
-use async_graphql::{Context, Enum, InputObject, Object, SimpleObject, Subscription, ID};
-use chrono::{DateTime, Duration, Utc};
+use async_graphql::connection::Connection;
+use async_graphql::{
+    ComplexObject, Context, Enum, InputObject, Object, SimpleObject, Subscription, ID,
+};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use cqrs_es::Aggregate;
 use futures::{Stream, StreamExt};
+use std::sync::Arc;
 use triad_domain::donation::{
     Charity, CharityCommand, Donation as DonationState, DonationCommand, DonationError,
     DonationEvent, FoodType as DomainFood, PickupHours,
@@ -14,6 +18,7 @@ use triad_domain::geo::GeoPoint;
 use triad_domain::Role;
 use triad_eventstore::store::LogFilter;
 use triad_eventstore::{AggregateStore, CommandContext, CommandError};
+use triad_projections::donations::{self as views, DonationRow};
 
 /// Largest radius `charitiesNear` accepts.
 pub const MAX_RADIUS_KM: f64 = 500.0;
@@ -56,7 +61,7 @@ fn donation_error(err: CommandError<DonationError>) -> async_graphql::Error {
 }
 
 #[derive(SimpleObject, Clone)]
-#[graphql(name = "Charity")]
+#[graphql(name = "Charity", complex)]
 pub struct CharityNode {
     pub id: ID,
     pub name: String,
@@ -65,6 +70,29 @@ pub struct CharityNode {
     pub capacity_kg: f64,
     pub accepts: Vec<FoodType>,
     pub pickup_hours: Option<PickupHoursInput>,
+    /// The aggregate the node was made from: reservations are answered by the same decision
+    /// state that refuses claims beyond capacity, not by a read model that may lag.
+    #[graphql(skip)]
+    pub state: Arc<Charity>,
+}
+
+#[ComplexObject]
+impl CharityNode {
+    /// Kilograms reserved for donations picked up on `day` (a UTC date; default today):
+    /// claims, and claims still in flight.
+    async fn reserved_kg(&self, day: Option<NaiveDate>) -> f64 {
+        self.state.reserved_on(day.unwrap_or_else(today))
+    }
+
+    /// Kilograms the charity can still take for pickups on `day` (a UTC date; default today).
+    async fn remaining_kg(&self, day: Option<NaiveDate>) -> f64 {
+        self.state.remaining_on(day.unwrap_or_else(today))
+    }
+}
+
+/// Capacity is per pickup day, and pickup days are UTC dates (`Donation::pickup_day`).
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
 }
 
 fn charity_node(c: &Charity) -> CharityNode {
@@ -90,6 +118,7 @@ fn charity_node(c: &Charity) -> CharityNode {
                 closes_at: hhmm(h.closes_at_minute),
             }
         }),
+        state: Arc::new(c.clone()),
     }
 }
 
@@ -140,6 +169,79 @@ fn donation_node(d: &DonationState) -> DonationNode {
                 score: p.score,
             })
             .collect(),
+    }
+}
+
+fn donation_from_row(r: DonationRow) -> DonationNode {
+    DonationNode {
+        id: ID(r.donation_id),
+        donor_id: ID(r.donor_id),
+        status: r.status,
+        food_type: r.food_type.into(),
+        quantity_kg: r.quantity_kg,
+        location: Location {
+            lat: r.lat,
+            lng: r.lng,
+        },
+        pickup_by: r.pickup_by,
+        expires_at: r.expires_at,
+        claimed_by: r.claimed_by.map(ID),
+        matches: r
+            .proposals
+            .into_iter()
+            .map(|p| Match {
+                charity_id: ID(p.charity_id),
+                distance_km: p.distance_km,
+                score: p.score,
+            })
+            .collect(),
+    }
+}
+
+/// A donation's status, to filter lists by (`Donation.status` holds the same names).
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DonationStatus {
+    Open,
+    Claimed,
+    PickedUp,
+    Delivered,
+    Expired,
+    Cancelled,
+}
+
+impl DonationStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            DonationStatus::Open => "OPEN",
+            DonationStatus::Claimed => "CLAIMED",
+            DonationStatus::PickedUp => "PICKED_UP",
+            DonationStatus::Delivered => "DELIVERED",
+            DonationStatus::Expired => "EXPIRED",
+            DonationStatus::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// Cursor kinds of the owners' lists (see `super::encode_cursor`).
+const DONATION_CURSOR: &str = "donation";
+const CHARITY_CURSOR: &str = "charity";
+
+/// Whose list an owner query reads: the caller's own (`role`), or for an admin the `owner`
+/// they name. Anyone else, or a non-admin naming someone else, is FORBIDDEN.
+fn list_owner(
+    ctx: &Context<'_>,
+    role: Role,
+    owner: Option<ID>,
+    arg: &str,
+) -> async_graphql::Result<String> {
+    let actor = require(ctx, &[role, Role::Admin])?;
+    match (actor.role, owner) {
+        (Role::Admin, Some(id)) => Ok(id.to_string()),
+        (Role::Admin, None) => Err(invalid_input(format!("an admin must name {arg}"))),
+        (_, Some(id)) if id.as_str() != actor.sub.as_str() => {
+            Err(forbidden(format!("only an admin may name another {arg}")))
+        }
+        _ => Ok(actor.sub.to_string()),
     }
 }
 
@@ -241,6 +343,75 @@ impl DonationQuery {
             .await
             .map_err(errors::internal)?;
         Ok(d.id.is_some().then(|| donation_node(&d)))
+    }
+
+    /// The signed-in donor's donations (with `status`, if given), newest first: a Relay
+    /// connection. An admin names the donor with `donorId`. From the read model, so a
+    /// donation just posted shows a few milliseconds later.
+    async fn my_donations(
+        &self,
+        ctx: &Context<'_>,
+        donor_id: Option<ID>,
+        status: Option<DonationStatus>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, DonationNode>> {
+        let donor = list_owner(ctx, Role::Donor, donor_id, "donorId")?;
+        let first = super::page_size(first)?;
+        let before = after
+            .as_deref()
+            .map(|cursor| super::decode_cursor(DONATION_CURSOR, cursor))
+            .transpose()?;
+        let s = services(ctx)?;
+        let (rows, more) = views::donations_of_donor(
+            s.store.read_pool(),
+            &donor,
+            status.map(DonationStatus::as_str),
+            first,
+            before,
+        )
+        .await
+        .map_err(errors::internal)?;
+        Ok(super::position_connection(
+            DONATION_CURSOR,
+            before,
+            more,
+            rows.into_iter().map(|r| (r.position, donation_from_row(r))),
+        ))
+    }
+
+    /// The charities the signed-in charity user manages, newest first. A Relay connection,
+    /// not a list: nothing bounds how many charities one user registers. An admin names the
+    /// manager with `managerId`. Listed from the read model; each charity is then read from
+    /// its aggregate, like every `Charity`, so capacity figures are current.
+    async fn my_charities(
+        &self,
+        ctx: &Context<'_>,
+        manager_id: Option<ID>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, CharityNode>> {
+        let manager = list_owner(ctx, Role::Charity, manager_id, "managerId")?;
+        let first = super::page_size(first)?;
+        let before = after
+            .as_deref()
+            .map(|cursor| super::decode_cursor(CHARITY_CURSOR, cursor))
+            .transpose()?;
+        let s = services(ctx)?;
+        let (ids, more) = views::charities_of_manager(s.store.read_pool(), &manager, first, before)
+            .await
+            .map_err(errors::internal)?;
+        let mut nodes = Vec::with_capacity(ids.len());
+        for (id, position) in ids {
+            let (c, _) = s.charities.load(&id).await.map_err(errors::internal)?;
+            nodes.push((position, charity_node(&c)));
+        }
+        Ok(super::position_connection(
+            CHARITY_CURSOR,
+            before,
+            more,
+            nodes,
+        ))
     }
 }
 
