@@ -2,6 +2,7 @@
 //! and `auction_leaderboard` (each bidder's best bid, ranked), plus their queries.
 
 use crate::runner::{Projection, ProjectionError};
+use crate::sql::{values, ROWS_PER_STATEMENT};
 use chrono::{DateTime, SecondsFormat, Utc};
 use cqrs_es::Aggregate;
 use sqlx::{Any, AnyPool, Row, Transaction};
@@ -137,10 +138,6 @@ impl Projection for AuctionProjection {
     }
 }
 
-/// Rows per multi-row statement: at most 11 parameters a row keeps a statement far below
-/// SQLite's 32,766 and PostgreSQL's 65,535 parameters.
-const ROWS_PER_STATEMENT: usize = 1_000;
-
 /// A new `auction_view` row.
 struct Opened {
     auction_id: String,
@@ -254,25 +251,6 @@ impl Fold {
         view.last_position = e.position;
         view
     }
-}
-
-/// `(CAST($1 AS t1), ...), (...)`: `rows` tuples of placeholders with the given column types.
-/// The casts give PostgreSQL the types of a VALUES list whose parameters could be NULL.
-fn values(rows: usize, types: &[&str]) -> String {
-    let mut out = String::with_capacity(rows * types.len() * 24);
-    let mut n = 0;
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for (i, t) in types.iter().enumerate() {
-            n += 1;
-            if i > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&format!("CAST(${n} AS {t})"));
-        }
-        out.push(')');
-    }
-    out
 }
 
 async fn insert_opened(

@@ -9,6 +9,7 @@
 //! Erasure: on `PatientForgotten` every row of the patient is deleted from every table here.
 
 use crate::runner::{Projection, ProjectionError};
+use crate::sql::{values, ROWS_PER_STATEMENT};
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use std::collections::BTreeMap;
@@ -225,6 +226,22 @@ impl Projection for PatientProjection {
         ]
     }
 
+    async fn apply_batch(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            if let Err(e) = self.apply(tx, event).await {
+                // The transaction rolls back, and with it any partition created in it: forget
+                // them, or the retry would put their rows in the default partition.
+                self.known_partitions.lock().clear();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     async fn apply(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -285,33 +302,49 @@ impl Projection for PatientProjection {
                     patient_id,
                     readings,
                 } = e.decode::<VitalsEvent>()?;
-                // Aggregate the batch per bucket first: one upsert per bucket, not per reading.
-                let mut buckets: BTreeMap<(&str, &str, i64), (f64, f64, f64, i64)> =
+                let known: Vec<(&str, i64, f64)> = readings
+                    .iter()
+                    .filter_map(|r| match r.value {
+                        Personal::Known(value) => {
+                            Some((r.kind.as_str(), r.at.timestamp_millis(), value))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                let mut months: Vec<i64> = known.iter().map(|(_, ms, _)| month_of(*ms).0).collect();
+                months.sort_unstable();
+                months.dedup();
+                for first_ms in months {
+                    self.ensure_partition(tx, first_ms).await?;
+                }
+                // Raw readings as multi-row inserts; RETURNING names the ones that were new
+                // (a reading stored before is not counted twice). The rollups then get one
+                // upsert per bucket, not per reading.
+                let mut buckets: BTreeMap<(&str, String, i64), (f64, f64, f64, i64)> =
                     BTreeMap::new();
-                for r in &readings {
-                    let Personal::Known(value) = r.value else {
-                        continue;
-                    };
-                    let ms = r.at.timestamp_millis();
-                    self.ensure_partition(tx, ms).await?;
-                    let inserted = sqlx::query("INSERT INTO vitals (patient_id, kind, at_ms, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                        .bind(&patient_id)
-                        .bind(r.kind.as_str())
-                        .bind(ms)
-                        .bind(value)
-                        .execute(&mut **tx)
-                        .await?;
-                    if inserted.rows_affected() == 0 {
-                        continue; // already counted
+                for chunk in known.chunks(ROWS_PER_STATEMENT) {
+                    let sql = format!(
+                        "INSERT INTO vitals (patient_id, kind, at_ms, value) VALUES {} \
+                         ON CONFLICT DO NOTHING RETURNING kind, at_ms, value",
+                        values(chunk.len(), &["text", "text", "bigint", "double precision"])
+                    );
+                    let mut q = sqlx::query(&sql).persistent(false);
+                    for (kind, ms, value) in chunk {
+                        q = q.bind(&patient_id).bind(*kind).bind(*ms).bind(*value);
                     }
-                    for (table, width) in BUCKET_TABLES {
-                        let b = buckets
-                            .entry((table, r.kind.as_str(), ms.div_euclid(width) * width))
-                            .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
-                        b.0 = b.0.min(value);
-                        b.1 = b.1.max(value);
-                        b.2 += value;
-                        b.3 += 1;
+                    for row in q.fetch_all(&mut **tx).await? {
+                        let kind: String = row.try_get("kind")?;
+                        let ms: i64 = row.try_get("at_ms")?;
+                        let value: f64 = row.try_get("value")?;
+                        for (table, width) in BUCKET_TABLES {
+                            let b = buckets
+                                .entry((table, kind.clone(), ms.div_euclid(width) * width))
+                                .or_insert((f64::INFINITY, f64::NEG_INFINITY, 0.0, 0));
+                            b.0 = b.0.min(value);
+                            b.1 = b.1.max(value);
+                            b.2 += value;
+                            b.3 += 1;
+                        }
                     }
                 }
                 for ((table, kind, bucket), (lo, hi, sum, count)) in buckets {

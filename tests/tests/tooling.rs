@@ -417,6 +417,34 @@ async fn a_folded_page_equals_the_events_applied_one_by_one() {
                 .await;
             assert!(r.code().is_none(), "closing {id}: {:?}", r.code());
         }
+        // Patients: vitals over several minutes and hours, in two batches (the second
+        // repeats readings of the first, which must not count twice), for both rollups.
+        let admin = anon.with_token(Some(token("admin-1", Role::Admin)));
+        let r = admin
+            .query(
+                "mutation($input: EnrollPatientInput!) { enrollPatient(input: $input) { id } }",
+                json!({ "input": { "name": "Fold Test", "dateOfBirth": "1970-01-01", "careTeam": ["doc-1"] } }),
+            )
+            .await;
+        let patient = r.ok()["enrollPatient"]["id"].as_str().unwrap().to_string();
+        let start = chrono::Utc::now() - chrono::Duration::hours(4);
+        let readings = |from: i64, to: i64| -> Value {
+            (from..to)
+                .map(|i| {
+                    let at = (start + chrono::Duration::seconds(i * 97)).to_rfc3339();
+                    json!({ "kind": if i % 2 == 0 { "HEART_RATE" } else { "SPO2" }, "value": 60 + (i * 7) % 40, "at": at })
+                })
+                .collect()
+        };
+        for (from, to) in [(0, 60), (40, 120)] {
+            let r = admin
+                .query(
+                    "mutation($input: RecordVitalsInput!) { recordVitals(input: $input) { recorded } }",
+                    json!({ "input": { "patientId": patient, "readings": readings(from, to) } }),
+                )
+                .await;
+            assert!(r.code().is_none(), "recordVitals: {}", r.body);
+        }
         settled(&server.store).await;
         let projections = triad_api::server::projections(&server.store).await;
         let replayable: Vec<&dyn triad_projections::Projection> = projections
@@ -440,6 +468,11 @@ async fn a_folded_page_equals_the_events_applied_one_by_one() {
             .flat_map(|(_, rows)| rows.iter().map(|r| r[3].clone()))
             .collect();
         assert_eq!(statuses.len(), 3, "{statuses:?}");
+        let vitals = folded
+            .iter()
+            .find(|(t, _)| t == "vitals")
+            .map(|(_, rows)| rows.len());
+        assert_eq!(vitals, Some(120), "every reading once");
         for (status, id) in [("SOLD", &sold), ("UNSOLD", &unsold), ("OPEN", &untouched)] {
             assert!(
                 statuses.contains(&format!("status={:?}", Some(status))),
