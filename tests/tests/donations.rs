@@ -833,3 +833,333 @@ async fn reservations_left_without_a_claim_are_swept() {
         );
     }
 }
+
+const MY_DONATIONS: &str = "query($donor: ID, $status: DonationStatus, $first: Int!, $after: String) { myDonations(donorId: $donor, status: $status, first: $first, after: $after) { edges { cursor node { id donorId status claimedBy quantityKg } } pageInfo { hasNextPage hasPreviousPage endCursor } } }";
+const MY_CHARITIES: &str = "query($manager: ID, $first: Int!, $after: String, $day: NaiveDate) { myCharities(managerId: $manager, first: $first, after: $after) { edges { cursor node { id managerId capacityKg reservedKg(day: $day) remainingKg(day: $day) } } pageInfo { hasNextPage hasPreviousPage endCursor } } }";
+
+/// Every page of a connection query (`field`), following `endCursor`: the node ids in order,
+/// and each page's (hasNextPage, hasPreviousPage).
+async fn all_pages(
+    client: &Client,
+    query: &str,
+    field: &str,
+    vars: Value,
+) -> (Vec<String>, Vec<(bool, bool)>) {
+    let (mut ids, mut pages) = (vec![], vec![]);
+    let mut after = Value::Null;
+    loop {
+        let mut v = vars.clone();
+        v["after"] = after;
+        let r = client.query(query, v).await;
+        let conn = r.ok()[field].clone();
+        for e in conn["edges"].as_array().unwrap() {
+            ids.push(e["node"]["id"].as_str().unwrap().to_string());
+        }
+        let info = &conn["pageInfo"];
+        let next = info["hasNextPage"].as_bool().unwrap();
+        pages.push((next, info["hasPreviousPage"].as_bool().unwrap()));
+        if !next {
+            return (ids, pages);
+        }
+        after = info["endCursor"].clone();
+    }
+}
+
+/// `myDonations`: a donor's own donations, newest first, page by page, by status; nobody
+/// else's. Admins name the donor; other roles are FORBIDDEN; a cursor from another connection
+/// is INVALID_INPUT. On both stores (the read model's SQL is portable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn donors_list_their_own_donations_newest_first() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let db = TestDb::create(backend).await;
+        let server = start_server(&db).await;
+        let anon = Client::new(server.addr, None);
+        let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+        let other = anon.with_token(Some(token("donor-2", Role::Donor)));
+        let manager = anon.with_token(Some(token("m1", Role::Charity)));
+        let admin = anon.with_token(Some(token("admin-1", Role::Admin)));
+        let charity = register(&manager, "Pantry", 30.0, 30.0, 100.0, &["PANTRY"]).await;
+        let mut mine = vec![];
+        for kg in [1.0, 2.0, 3.0, 4.0, 5.0] {
+            let r = post(&donor, "PANTRY", kg, 30.0, 30.0).await;
+            mine.push(r.ok()["postDonation"]["id"].as_str().unwrap().to_string());
+        }
+        let theirs = post(&other, "PANTRY", 9.0, 30.0, 30.0).await.ok()["postDonation"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let newest_first: Vec<String> = mine.iter().rev().cloned().collect();
+
+        // Everything, once the read model has it; then in pages of two.
+        eventually(10, "the donor's donations in the read model", || async {
+            let r = donor.query(MY_DONATIONS, json!({ "first": 100 })).await;
+            (r.ok()["myDonations"]["edges"].as_array().unwrap().len() == 5).then_some(())
+        })
+        .await;
+        let (ids, pages) =
+            all_pages(&donor, MY_DONATIONS, "myDonations", json!({ "first": 2 })).await;
+        assert_eq!(
+            ids, newest_first,
+            "{backend:?}: newest first, no gap, no repeat"
+        );
+        assert_eq!(pages, [(true, false), (true, true), (false, true)]);
+
+        // Another donor sees only their own, and may not name donor-1.
+        eventually(10, "donor-2's donation in the read model", || async {
+            let r = other.query(MY_DONATIONS, json!({ "first": 100 })).await;
+            let ids: Vec<Value> = r.ok()["myDonations"]["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["node"]["id"].clone())
+                .collect();
+            (ids == [json!(theirs)]).then_some(())
+        })
+        .await;
+        let r = other
+            .query(MY_DONATIONS, json!({ "donor": "donor-1", "first": 10 }))
+            .await;
+        assert_eq!(r.code(), Some("FORBIDDEN"));
+        // Naming oneself is fine.
+        let r = donor
+            .query(MY_DONATIONS, json!({ "donor": "donor-1", "first": 10 }))
+            .await;
+        assert_eq!(r.ok()["myDonations"]["edges"].as_array().unwrap().len(), 5);
+
+        // An admin names the donor (and must).
+        let (ids, _) = all_pages(
+            &admin,
+            MY_DONATIONS,
+            "myDonations",
+            json!({ "donor": "donor-1", "first": 3 }),
+        )
+        .await;
+        assert_eq!(ids, newest_first);
+        let r = admin.query(MY_DONATIONS, json!({ "first": 10 })).await;
+        assert_eq!(r.code(), Some("INVALID_INPUT"));
+
+        // Other roles, and no token, are refused.
+        for who in [
+            &manager,
+            &anon.with_token(Some(token("d1", Role::Dealer))),
+            &anon,
+        ] {
+            let r = who.query(MY_DONATIONS, json!({ "first": 10 })).await;
+            assert_eq!(r.code(), Some("FORBIDDEN"), "{}", r.body);
+        }
+
+        // By status: one claimed, four open.
+        let claimed = &mine[1];
+        manager
+            .query(CLAIM, json!({ "d": claimed, "c": charity }))
+            .await
+            .ok();
+        let got = eventually(10, "the claim in the read model", || async {
+            let r = donor
+                .query(MY_DONATIONS, json!({ "status": "CLAIMED", "first": 10 }))
+                .await;
+            let edges = r.ok()["myDonations"]["edges"].as_array().unwrap().clone();
+            (!edges.is_empty()).then_some(edges)
+        })
+        .await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["node"]["id"], claimed.as_str());
+        assert_eq!(got[0]["node"]["status"], "CLAIMED");
+        assert_eq!(got[0]["node"]["claimedBy"], charity.as_str());
+        let (open, _) = all_pages(
+            &donor,
+            MY_DONATIONS,
+            "myDonations",
+            json!({ "status": "OPEN", "first": 3 }),
+        )
+        .await;
+        let expected: Vec<String> = newest_first
+            .iter()
+            .filter(|id| *id != claimed)
+            .cloned()
+            .collect();
+        assert_eq!(open, expected);
+
+        // Bad paging input is typed.
+        for (first, after) in [
+            (10, json!("not-a-cursor")),
+            // A cursor of another connection (base64url of "charity:1").
+            (10, json!("Y2hhcml0eTox")),
+            (0, Value::Null),
+            (101, Value::Null),
+        ] {
+            let r = donor
+                .query(MY_DONATIONS, json!({ "first": first, "after": after }))
+                .await;
+            assert_eq!(r.code(), Some("INVALID_INPUT"), "{first} {after}");
+        }
+    }
+}
+
+/// `myCharities`: a charity user's charities, newest first, page by page; nobody else's. The
+/// capacity fields follow claims per pickup day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charity_users_list_their_charities_with_remaining_capacity() {
+    let db = TestDb::create(Backend::Postgres).await;
+    let server = start_server(&db).await;
+    let anon = Client::new(server.addr, None);
+    let m1 = anon.with_token(Some(token("m1", Role::Charity)));
+    let m2 = anon.with_token(Some(token("m2", Role::Charity)));
+    let donor = anon.with_token(Some(token("donor-1", Role::Donor)));
+    let admin = anon.with_token(Some(token("admin-1", Role::Admin)));
+    let mut mine = vec![];
+    for i in 0..3 {
+        mine.push(
+            register(
+                &m1,
+                &format!("C{i}"),
+                40.0,
+                40.0 + i as f64 * 0.01,
+                10.0,
+                &["DAIRY"],
+            )
+            .await,
+        );
+    }
+    let theirs = register(&m2, "Other", 40.0, 40.05, 10.0, &["DAIRY"]).await;
+    let newest_first: Vec<String> = mine.iter().rev().cloned().collect();
+
+    eventually(10, "m1's charities in the read model", || async {
+        let r = m1.query(MY_CHARITIES, json!({ "first": 100 })).await;
+        (r.ok()["myCharities"]["edges"].as_array().unwrap().len() == 3).then_some(())
+    })
+    .await;
+    let (ids, pages) = all_pages(&m1, MY_CHARITIES, "myCharities", json!({ "first": 2 })).await;
+    assert_eq!(ids, newest_first);
+    assert_eq!(pages, [(true, false), (false, true)]);
+    let r = m2.query(MY_CHARITIES, json!({ "first": 100 })).await;
+    let edges = r.ok()["myCharities"]["edges"].as_array().unwrap().clone();
+    assert!(
+        edges
+            .iter()
+            .all(|e| e["node"]["id"] == theirs.as_str() && e["node"]["managerId"] == "m2"),
+        "only m2's own: {edges:?}"
+    );
+    let r = m2
+        .query(MY_CHARITIES, json!({ "manager": "m1", "first": 10 }))
+        .await;
+    assert_eq!(r.code(), Some("FORBIDDEN"));
+    let (ids, _) = all_pages(
+        &admin,
+        MY_CHARITIES,
+        "myCharities",
+        json!({ "manager": "m1", "first": 10 }),
+    )
+    .await;
+    assert_eq!(ids, newest_first);
+    for who in [&donor, &anon] {
+        let r = who.query(MY_CHARITIES, json!({ "first": 10 })).await;
+        assert_eq!(r.code(), Some("FORBIDDEN"));
+    }
+
+    // Capacity on the donation's pickup day: 10 kg, then 4 reserved by a claim, 6 left; the
+    // next day is untouched.
+    let charity = &mine[0];
+    let d = post(&donor, "DAIRY", 4.0, 40.0, 40.0).await.ok()["postDonation"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let day = server.donation_state(&d).await.0.pickup_day().unwrap();
+    let capacity = |day: chrono::NaiveDate| {
+        let m1 = m1.clone();
+        let charity = charity.clone();
+        async move {
+            let r = m1
+                .query(
+                    "query($id: ID!, $day: NaiveDate) { charity(id: $id) { reservedKg(day: $day) remainingKg(day: $day) } }",
+                    json!({ "id": charity, "day": day }),
+                )
+                .await;
+            let c = r.ok()["charity"].clone();
+            (
+                c["reservedKg"].as_f64().unwrap(),
+                c["remainingKg"].as_f64().unwrap(),
+            )
+        }
+    };
+    assert_eq!(capacity(day).await, (0.0, 10.0));
+    m1.query(CLAIM, json!({ "d": d, "c": charity })).await.ok();
+    assert_eq!(
+        capacity(day).await,
+        (4.0, 6.0),
+        "a claim reserves on its pickup day"
+    );
+    assert_eq!(capacity(day + Duration::days(1)).await, (0.0, 10.0));
+    // myCharities answers the same (each charity from its aggregate).
+    let r = m1
+        .query(MY_CHARITIES, json!({ "first": 10, "day": day }))
+        .await;
+    let node = r.ok()["myCharities"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["node"]["id"] == charity.as_str())
+        .unwrap()["node"]
+        .clone();
+    assert_eq!(
+        (node["reservedKg"].as_f64(), node["remainingKg"].as_f64()),
+        (Some(4.0), Some(6.0))
+    );
+    // Without `day`: today (UTC), the same as naming today.
+    let today = Utc::now().date_naive();
+    let r = m1
+        .query(
+            "query($id: ID!, $today: NaiveDate) { charity(id: $id) { reservedKg remainingKg t: reservedKg(day: $today) r: remainingKg(day: $today) } }",
+            json!({ "id": charity, "today": today }),
+        )
+        .await;
+    let c = r.ok()["charity"].clone();
+    if Utc::now().date_naive() == today {
+        assert_eq!((&c["reservedKg"], &c["remainingKg"]), (&c["t"], &c["r"]));
+    }
+}
+
+/// Charities registered before `charity_view.position` existed are listed in order after the
+/// projection's rebuild at start (version 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charities_registered_before_the_upgrade_are_listed_after_the_rebuild() {
+    let db = TestDb::create(Backend::Sqlite).await;
+    let mut mine = vec![];
+    {
+        let server = start_server(&db).await;
+        let m1 = Client::new(server.addr, Some(token("m1", Role::Charity)));
+        for i in 0..3 {
+            mine.push(
+                register(
+                    &m1,
+                    &format!("C{i}"),
+                    1.0,
+                    1.0 + i as f64 * 0.01,
+                    5.0,
+                    &["MEAT"],
+                )
+                .await,
+            );
+        }
+        eventually(10, "the charities in the read model", || async {
+            let r = m1.query(MY_CHARITIES, json!({ "first": 10 })).await;
+            (r.ok()["myCharities"]["edges"].as_array().unwrap().len() == 3).then_some(())
+        })
+        .await;
+        // As a version 2 read model left them: no positions.
+        let pool = server.store.read_pool();
+        sqlx::query("UPDATE charity_view SET position = 0")
+            .execute(pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE projection_checkpoints SET version = 2 WHERE name = 'donations'")
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let server = start_server(&db).await;
+    let m1 = Client::new(server.addr, Some(token("m1", Role::Charity)));
+    let (ids, _) = all_pages(&m1, MY_CHARITIES, "myCharities", json!({ "first": 1 })).await;
+    mine.reverse();
+    assert_eq!(ids, mine);
+}
