@@ -39,6 +39,17 @@ async function graphql(token, query, variables = {}) {
   return body.data;
 }
 
+/** Polls `check` (a promise of a truthy value) until it holds, for at most WAIT.timeout. */
+async function until(what, check) {
+  const deadline = Date.now() + WAIT.timeout;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 function assert(cond, what) {
   if (!cond) throw new Error(`assertion failed: ${what}`);
   log('ok -', what);
@@ -228,6 +239,9 @@ try {
   const ch = await newPage();
   await signInWithToken(ch, env('TOKEN_CHARITY'));
   await ch.goto(`${BASE}/#/donations`);
+  // myCharities: all three are listed (and watched) before any search finds them.
+  await ch.waitForFunction(() => document.querySelectorAll('[data-testid=my-charity][data-remaining-kg="100"]').length === 3);
+  assert(true, 'the charity user\'s three charities are listed with today\'s remaining capacity before any search');
   await ch.getByLabel('Latitude').fill(env('LAT'));
   await ch.getByLabel('Longitude').fill(env('LNG'));
   await ch.getByLabel('Radius (km)').fill('5');
@@ -241,8 +255,9 @@ try {
   await ch.waitForFunction(() => document.querySelectorAll('[data-testid=charity-row]').length === 3);
   assert(true, 'a 50 km search adds the far one');
   await ch.waitForSelector('[data-testid=connection-status][data-state=live]', WAIT);
+  const pickupBy = new Date(Date.now() + 3 * 3600_000).toISOString();
   const posted = await graphql(env('TOKEN_DONOR'), 'mutation($input: PostDonationInput!) { postDonation(input: $input) { id } }', {
-    input: { foodType: 'BAKERY', quantityKg: 6, location: { lat: Number(env('LAT')) + 0.004, lng: Number(env('LNG')) }, pickupBy: new Date(Date.now() + 3 * 3600_000).toISOString() },
+    input: { foodType: 'BAKERY', quantityKg: 6, location: { lat: Number(env('LAT')) + 0.004, lng: Number(env('LNG')) }, pickupBy },
   });
   const donation = posted.postDonation.id;
   const match = `[data-testid=match][data-donation-id="${donation}"]`;
@@ -250,12 +265,39 @@ try {
   assert(true, 'the donation posted by the donor arrives live as a match');
   await ch.waitForSelector('[data-testid=map-donation]', WAIT);
   await shot(ch, '11-donations-map');
+  const claimer = await ch.getAttribute(`${match} [data-testid=claim] >> nth=0`, 'data-charity-id');
   await ch.click(`${match} [data-testid=claim] >> nth=0`);
   await ch.waitForSelector(`${match}[data-status=CLAIMED]`, WAIT);
   assert((await ch.textContent('[data-testid=claim-message]')).includes('Claimed'), 'claimed: the donation shows as claimed');
   const check = await graphql(env('TOKEN_DONOR'), 'query($id: ID!) { donation(id: $id) { status claimedBy } }', { id: donation });
   assert(check.donation.status === 'CLAIMED', 'and the server agrees');
+  // Capacity is per pickup day (UTC): the 6 kg count against today only if picked up today.
+  const left = pickupBy.slice(0, 10) === new Date().toISOString().slice(0, 10) ? 94 : 100;
+  await ch.waitForSelector(`[data-testid=my-charity][data-id="${claimer}"][data-remaining-kg="${left}"]`, WAIT);
+  assert(true, `the claiming charity shows ${left} kg left today`);
   await shot(ch, '12-donation-claimed');
+
+  // --- 7b. a donor's donations survive a reload (myDonations) ---------------------------------
+  // myDonations reads the read model, a few milliseconds behind the aggregate: load the page
+  // once it has the states this checks.
+  const myDonations = async () => (await graphql(env('TOKEN_DONOR'), '{ myDonations(first: 10) { nodes { id status } } }')).myDonations.nodes;
+  await until('the claim in the read model', async () => (await myDonations()).some((d) => d.id === donation && d.status === 'CLAIMED'));
+  const dn = await newPage();
+  await signInWithToken(dn, env('TOKEN_DONOR'));
+  await dn.goto(`${BASE}/#/donations`);
+  await dn.waitForSelector(`[data-testid=my-donation][data-id="${donation}"][data-status=CLAIMED]`, WAIT);
+  assert(true, 'the donor sees the donation posted earlier, claimed');
+  await dn.getByLabel('Quantity (kg)').fill('7.5');
+  await dn.getByRole('button', { name: 'Post donation' }).click();
+  await dn.waitForFunction(() => document.querySelectorAll('[data-testid=my-donation]').length === 2);
+  const fresh = await dn.getAttribute('[data-testid=my-donation] >> nth=0', 'data-id');
+  assert(fresh !== donation, 'the posted donation is listed first');
+  await until('the new donation in the read model', async () => (await myDonations()).some((d) => d.id === fresh));
+  await dn.reload();
+  await dn.waitForSelector(`[data-testid=my-donation][data-id="${fresh}"][data-status=OPEN]`, WAIT);
+  const listed = await dn.$$eval('[data-testid=my-donation]', (rows) => rows.map((r) => r.dataset.id));
+  assert(listed.length === 2 && listed[0] === fresh && listed[1] === donation, 'after a reload both are still listed, newest first');
+  await shot(dn, '12b-donor-donations');
 
   // --- 8. admin: the reads of the patient, and a history with a time slider ------------------
   const adm = await newPage();
