@@ -353,8 +353,13 @@ mod tests {
             "p1",
         )
         .unwrap();
-        let text = payload.to_string();
-        assert!(!text.contains("9.5") && !text.contains("88"), "{text}");
+        // Each value became a sealed string (not a substring check on the whole text: base64
+        // ciphertext can contain "88" by chance).
+        for reading in payload["VitalsRecorded"]["readings"].as_array().unwrap() {
+            let sealed = reading["value"].as_str().unwrap_or_default();
+            assert!(sealed.starts_with("enc:v1:"), "{payload}");
+        }
+        assert_eq!(payload["VitalsRecorded"]["readings"][0]["kind"], "PAIN");
         assert_eq!(payload["VitalsRecorded"]["patient_id"], "p1");
         let mut opened = payload.clone();
         assert!(!open(
