@@ -57,9 +57,13 @@ impl MasterKey {
         match std::env::var("TRIAD_MASTER_KEY") {
             Ok(raw) => Self::parse(&raw),
             Err(_) => {
-                tracing::warn!(
-                    "TRIAD_MASTER_KEY is unset: using the built-in development master key"
-                );
+                // Once per process: a CLI command opens the store more than once.
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        "TRIAD_MASTER_KEY is unset: using the built-in development master key"
+                    )
+                });
                 Ok(MasterKey(DEV_MASTER_KEY.into()))
             }
         }
