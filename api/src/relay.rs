@@ -23,6 +23,10 @@ use triad_eventstore::store::{LogFilter, Migration};
 use triad_eventstore::{db::Db, EventStore, RecordedEvent, StoreError};
 
 pub const NAME: &str = "erp-relay";
+/// Log events taken per step at most; the checkpoint moves once per step.
+const RELAY_CHUNK: usize = 64;
+/// Aggregates whose messages are in flight to the ERP at once.
+const RELAY_IN_FLIGHT: usize = 16;
 const LEADER_LOCK: i64 = 7305071247;
 
 const MIGRATIONS: &[Migration] = &[Migration {
@@ -251,23 +255,54 @@ impl Relay {
             aggregate_id: None,
             event_types: vec!["AuctionClosed".into()],
         };
-        let mut log = self.store.subscribe(from, filter);
-        use futures::StreamExt;
-        while let Some(next) = log.next().await {
-            let e = next?;
-            if let Some(message) = integration_event(&self.store, &e).await? {
-                if self.blocked(&e.aggregate_id).await? {
-                    // Order per aggregate: wait behind the dead letter.
-                    self.park(&e, &message, "held", None).await?;
-                } else if let Err(error) = self.deliver(&message).await {
-                    metrics::counter!("triad_relay_dead_lettered_total").increment(1);
-                    tracing::warn!(auction = %e.aggregate_id, error = %error, "relay message dead-lettered");
-                    self.park(&e, &message, "dead", Some(&error)).await?;
+        use futures::{StreamExt, TryStreamExt};
+        let mut log = self.store.subscribe(from, filter).ready_chunks(RELAY_CHUNK);
+        while let Some(chunk) = log.next().await {
+            // A read error ends the run (the caller restarts from the checkpoint); what came
+            // before it in the chunk is delivered again then, which idempotency keys absorb.
+            let events = chunk.into_iter().collect::<Result<Vec<_>, _>>()?;
+            let Some(last) = events.last().map(|e| (e.position, e.recorded_at)) else {
+                continue;
+            };
+            // Aggregates in flight together, each one's messages in log order: order per
+            // aggregate holds, and one slow or failing auction does not hold up the others.
+            let mut groups: Vec<(String, Vec<RecordedEvent>)> = Vec::new();
+            for e in events {
+                match groups.iter_mut().find(|(id, _)| *id == e.aggregate_id) {
+                    Some((_, group)) => group.push(e),
+                    None => groups.push((e.aggregate_id.clone(), vec![e])),
                 }
             }
-            let lag = (Utc::now() - e.recorded_at).num_milliseconds();
+            futures::stream::iter(groups.into_iter().map(Ok))
+                .try_for_each_concurrent(RELAY_IN_FLIGHT, |(_, group)| self.relay_in_order(group))
+                .await?;
+            let lag = (Utc::now() - last.1).num_milliseconds();
             metrics::gauge!("triad_relay_lag_ms").set(lag as f64);
-            self.advance(e.position).await?;
+            // Only once every message of the chunk was acknowledged or parked.
+            self.advance(last.0).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one aggregate's messages in order; after a dead letter, the rest are held.
+    async fn relay_in_order(&self, group: Vec<RecordedEvent>) -> Result<(), RelayError> {
+        let mut blocked = match group.first() {
+            Some(e) => self.blocked(&e.aggregate_id).await?,
+            None => return Ok(()),
+        };
+        for e in &group {
+            let Some(message) = integration_event(&self.store, e).await? else {
+                continue;
+            };
+            if blocked {
+                // Order per aggregate: wait behind the dead letter.
+                self.park(e, &message, "held", None).await?;
+            } else if let Err(error) = self.deliver(&message).await {
+                metrics::counter!("triad_relay_dead_lettered_total").increment(1);
+                tracing::warn!(auction = %e.aggregate_id, error = %error, "relay message dead-lettered");
+                self.park(e, &message, "dead", Some(&error)).await?;
+                blocked = true;
+            }
         }
         Ok(())
     }
