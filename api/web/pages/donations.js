@@ -103,11 +103,24 @@ export function page(main) {
         svg('path', { d: `M16 ${H - 16}h${bar * scale}M16 ${H - 22}v12M${16 + bar * scale} ${H - 22}v12`, stroke: '#1b1f24', 'stroke-width': 2, fill: 'none' }),
         svg('text', { x: 16, y: H - 26 }, `${bar} km`)),
     ];
+    // Labels go where they overlap no earlier label (right, left, below, above, then further
+    // down): charities a kilometre apart on a 50 km map would otherwise print over each other.
+    const placed = [];
+    const free = (b) => placed.every((o) => b.x + b.w < o.x || o.x + o.w < b.x || b.y + b.h < o.y || o.y + o.h < b.y);
+    function labelAt(x, y, text) {
+      const w = text.length * 7.5;
+      const h = 14;
+      const spots = [[x + 10, y + 4], [x - 10 - w, y + 4], [x - w / 2, y + 22], [x - w / 2, y - 12]];
+      for (let k = 1; k < 6; k++) spots.push([x + 10, y + 4 + k * 16]);
+      const [lx, ly] = spots.find(([sx, sy]) => free({ x: sx, y: sy - h, w, h })) || spots[0];
+      placed.push({ x: lx, y: ly - h, w, h });
+      return svg('text', { x: lx, y: ly }, text);
+    }
     for (const { charity: c } of charities.values()) {
       const [x, y] = project(c.location);
       items.push(svg('g', { 'data-testid': 'map-charity', 'data-id': c.id },
         svg('circle', { cx: x, cy: y, r: 7, class: mine.has(c.id) ? 'charity mine' : 'charity' }, svg('title', {}, c.name)),
-        svg('text', { x: x + 10, y: y + 4 }, c.name)));
+        labelAt(x, y, c.name)));
     }
     for (const { donation: d } of donations.values()) {
       const [x, y] = project(d.location);
