@@ -21,6 +21,21 @@ pub async fn start_server(db: &TestDb) -> Arc<Server> {
     start_server_with(db, Default::default(), None).await
 }
 
+/// The test server's configuration over `db`: 127.0.0.1 on a random port, the test secret, no
+/// relay, push or language model. Tests that need one set it with `..server_config(&db)`.
+pub fn server_config(db: &TestDb) -> ServerConfig {
+    ServerConfig {
+        store: db.url.parse().expect("test store url"),
+        listen: "127.0.0.1:0".parse().expect("listen address"),
+        jwt_secret: JWT_SECRET.to_string(),
+        ws: Default::default(),
+        tcp_send_buffer: None,
+        llm: None,
+        push: None,
+        relay: None,
+    }
+}
+
 /// [`start_server`] with WebSocket limits and a socket send buffer of the test's choosing.
 pub async fn start_server_with(
     db: &TestDb,
@@ -29,14 +44,9 @@ pub async fn start_server_with(
 ) -> Arc<Server> {
     Arc::new(
         Server::start(ServerConfig {
-            store: db.url.parse().expect("test store url"),
-            listen: "127.0.0.1:0".parse().expect("listen address"),
-            jwt_secret: JWT_SECRET.to_string(),
             ws,
             tcp_send_buffer,
-            llm: None,
-            push: None,
-            relay: None,
+            ..server_config(db)
         })
         .await
         .expect("server starts"),

@@ -388,13 +388,6 @@ async fn notifications_survive_a_flaky_gateway_and_dead_letters_redrive() {
         .port();
     let db = TestDb::create(Backend::Postgres).await;
     let server = triad_api::Server::start(triad_api::ServerConfig {
-        store: db.url.parse().unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: triad_tests::JWT_SECRET.into(),
-        ws: Default::default(),
-        tcp_send_buffer: None,
-        llm: None,
-        relay: None,
         push: Some(triad_api::push::PushConfig {
             url: format!("http://127.0.0.1:{port}/push"),
             max_attempts: 20,
@@ -402,6 +395,7 @@ async fn notifications_survive_a_flaky_gateway_and_dead_letters_redrive() {
             max_backoff: StdDuration::from_millis(100),
             timeout: StdDuration::from_millis(400),
         }),
+        ..triad_tests::server_config(&db)
     })
     .await
     .unwrap();

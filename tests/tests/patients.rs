@@ -622,18 +622,12 @@ async fn digest_provider_against_a_local_stub() {
 
     let db = TestDb::create(Backend::Sqlite).await;
     let config = |url: String| triad_api::ServerConfig {
-        store: db.url.parse().unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: triad_tests::JWT_SECRET.into(),
-        ws: Default::default(),
-        tcp_send_buffer: None,
-        push: None,
-        relay: None,
         llm: Some(triad_api::digest::LlmConfig {
             url,
             model: "test-model".into(),
             api_key: Some("k".into()),
         }),
+        ..triad_tests::server_config(&db)
     };
     let server = triad_api::Server::start(config(format!("http://{stub_addr}/v1")))
         .await

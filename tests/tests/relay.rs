@@ -100,14 +100,8 @@ async fn every_sale_reaches_the_erp_once_through_every_failure_mode() {
     let port = free_port();
     let db = TestDb::create(Backend::Postgres).await;
     let server = triad_api::Server::start(triad_api::ServerConfig {
-        store: db.url.parse().unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: triad_tests::JWT_SECRET.into(),
-        ws: Default::default(),
-        tcp_send_buffer: None,
-        llm: None,
-        push: None,
         relay: Some(config(port, 30)),
+        ..triad_tests::server_config(&db)
     })
     .await
     .unwrap();
@@ -237,14 +231,8 @@ async fn a_dead_letter_holds_back_only_its_auction_and_is_redriven() {
     let erp = Erp::new(Mode::Healthy);
     listen(&erp, port).await;
     let server = triad_api::Server::start(triad_api::ServerConfig {
-        store: db.url.parse().unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        jwt_secret: triad_tests::JWT_SECRET.into(),
-        ws: Default::default(),
-        tcp_send_buffer: None,
-        llm: None,
-        push: None,
         relay: Some(config(port, 3)),
+        ..triad_tests::server_config(&db)
     })
     .await
     .unwrap();
