@@ -450,13 +450,11 @@ pub async fn list_auctions(
     .bind(first + 1)
     .fetch_all(pool)
     .await?;
-    let mut page = rows
+    let page = rows
         .iter()
         .map(auction_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let more = page.len() as i64 > first;
-    page.truncate(first as usize);
-    Ok((page, more))
+    Ok(crate::sql::take_page(page, first as usize))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -398,13 +398,11 @@ pub async fn donations_of_donor(
     .bind(first + 1)
     .fetch_all(pool)
     .await?;
-    let mut page = rows
+    let page = rows
         .iter()
         .map(donation_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let more = page.len() as i64 > first;
-    page.truncate(first as usize);
-    Ok((page, more))
+    Ok(crate::sql::take_page(page, first as usize))
 }
 
 /// The ids and registration positions of the charities `manager_id` manages, newest first,
@@ -424,13 +422,11 @@ pub async fn charities_of_manager(
     .bind(first + 1)
     .fetch_all(pool)
     .await?;
-    let mut page = rows
+    let page = rows
         .iter()
         .map(|r| Ok((r.try_get("charity_id")?, r.try_get("position")?)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let more = page.len() as i64 > first;
-    page.truncate(first as usize);
-    Ok((page, more))
+    Ok(crate::sql::take_page(page, first as usize))
 }
 
 /// Open donations whose food has expired: the scheduler's work list.

@@ -13,6 +13,6 @@ pub mod notifications;
 pub mod patients;
 pub mod rebuild;
 pub mod runner;
-mod sql;
+pub mod sql;
 
 pub use runner::{Projection, ProjectionError, ProjectionRunner};

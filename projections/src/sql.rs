@@ -1,4 +1,4 @@
-//! SQL building shared by the projections that write many rows per statement.
+//! SQL helpers shared by the projections: multi-row statements and keyset pages.
 
 /// `(CAST($1 AS t1), ...), (...)`: `rows` tuples of placeholders with the given column types,
 /// numbered from `$1`. The casts give PostgreSQL the types of a VALUES list whose parameters
@@ -24,6 +24,14 @@ pub(crate) fn values(rows: usize, types: &[&str]) -> String {
 /// PostgreSQL's 65,535 parameters per statement.
 pub(crate) const ROWS_PER_STATEMENT: usize = 1_000;
 
+/// A page from rows fetched with `LIMIT first + 1`: the first `first` of them, and whether
+/// another page follows (the one extra row says so without a count query).
+pub fn take_page<T>(mut rows: Vec<T>, first: usize) -> (Vec<T>, bool) {
+    let more = rows.len() > first;
+    rows.truncate(first);
+    (rows, more)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -32,5 +40,11 @@ mod tests {
             super::values(2, &["text", "bigint"]),
             "(CAST($1 AS text), CAST($2 AS bigint)), (CAST($3 AS text), CAST($4 AS bigint))"
         );
+    }
+
+    #[test]
+    fn a_page_says_whether_more_follow() {
+        assert_eq!(super::take_page(vec![1, 2, 3], 2), (vec![1, 2], true));
+        assert_eq!(super::take_page(vec![1, 2], 2), (vec![1, 2], false));
     }
 }

@@ -403,7 +403,7 @@ impl PatientQuery {
         }
         let s = services(ctx)?;
         let after = after.unwrap_or_default();
-        let mut ids = match actor.role {
+        let ids = match actor.role {
             Role::Patient => vec![actor.sub.to_string()]
                 .into_iter()
                 .filter(|id| *id > after)
@@ -420,8 +420,7 @@ impl PatientQuery {
                 .await
                 .map_err(errors::internal)?,
         };
-        let more = ids.len() > first as usize;
-        ids.truncate(first as usize);
+        let (ids, more) = triad_projections::sql::take_page(ids, first as usize);
         let who = ctx.data_opt::<Caller>().cloned().unwrap_or_default();
         let fields = node_fields(ctx);
         let mut connection = Connection::new(!after.is_empty(), more);
@@ -458,14 +457,13 @@ impl PatientQuery {
                 .map_err(|_| invalid_input("after is not a cursor from this connection"))?,
         };
         let s = services(ctx)?;
-        let mut rows = s
+        let rows = s
             .store
             .access_log()
             .list(Some(subject_id.as_str()), after_seq, first as i64 + 1)
             .await
             .map_err(errors::internal)?;
-        let more = rows.len() > first as usize;
-        rows.truncate(first as usize);
+        let (rows, more) = triad_projections::sql::take_page(rows, first as usize);
         let mut connection = Connection::new(after_seq > 0, more);
         connection.edges.extend(rows.into_iter().map(|r| {
             Edge::new(
