@@ -12,7 +12,7 @@ use crate::fanout::{connect, thousands, Ws};
 use crate::report::{histogram, round, Row};
 use crate::server::token;
 use anyhow::{bail, Context as _};
-use chrono::{Datelike, SecondsFormat, TimeZone, Utc};
+use chrono::{SecondsFormat, TimeZone, Utc};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use reqwest::header::HeaderValue;
@@ -161,36 +161,13 @@ fn now_minute() -> i64 {
     Utc::now().timestamp_millis().div_euclid(MINUTE_MS)
 }
 
-/// (first ms, first ms of the next month, YYYYMM) of the UTC month holding `ms`, as the
-/// server names its `vitals` partitions.
-fn month_of(ms: i64) -> (i64, i64, String) {
-    let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
-    let start = Utc
-        .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
-        .single()
-        .unwrap_or_default();
-    let (ny, nm) = if t.month() == 12 {
-        (t.year() + 1, 1)
-    } else {
-        (t.year(), t.month() + 1)
-    };
-    let end = Utc
-        .with_ymd_and_hms(ny, nm, 1, 0, 0, 0)
-        .single()
-        .unwrap_or_default();
-    (
-        start.timestamp_millis(),
-        end.timestamp_millis(),
-        format!("{:04}{:02}", t.year(), t.month()),
-    )
-}
-
 /// The months overlapping `[from_ms, to_ms)`.
 fn months(from_ms: i64, to_ms: i64) -> Vec<(i64, i64, String)> {
     let mut out = Vec::new();
     let mut at = from_ms;
     while at < to_ms {
-        let m = month_of(at);
+        // Named as the server names its `vitals` partitions.
+        let m = triad_projections::patients::month_of(at);
         at = m.1;
         out.push(m);
     }

@@ -105,8 +105,9 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// (first ms, first ms of the next month, table suffix) of the month holding `ms`.
-fn month_of(ms: i64) -> (i64, i64, String) {
+/// (first ms, first ms of the next month, table suffix) of the month holding `ms`: the
+/// bounds and name of the `vitals` partition a reading at `ms` goes to.
+pub fn month_of(ms: i64) -> (i64, i64, String) {
     let t = Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
     let start = Utc
         .with_ymd_and_hms(t.year(), t.month(), 1, 0, 0, 0)
