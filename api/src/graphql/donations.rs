@@ -209,15 +209,18 @@ pub enum DonationStatus {
     Cancelled,
 }
 
-impl DonationStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            DonationStatus::Open => "OPEN",
-            DonationStatus::Claimed => "CLAIMED",
-            DonationStatus::PickedUp => "PICKED_UP",
-            DonationStatus::Delivered => "DELIVERED",
-            DonationStatus::Expired => "EXPIRED",
-            DonationStatus::Cancelled => "CANCELLED",
+/// The domain's status (which also has `Unposted`, never listed, so not a `remote` enum): its
+/// `as_str` is the one spelling of the names the read model stores.
+impl From<DonationStatus> for triad_domain::donation::DonationStatus {
+    fn from(status: DonationStatus) -> Self {
+        use triad_domain::donation::DonationStatus as Domain;
+        match status {
+            DonationStatus::Open => Domain::Open,
+            DonationStatus::Claimed => Domain::Claimed,
+            DonationStatus::PickedUp => Domain::PickedUp,
+            DonationStatus::Delivered => Domain::Delivered,
+            DonationStatus::Expired => Domain::Expired,
+            DonationStatus::Cancelled => Domain::Cancelled,
         }
     }
 }
@@ -366,7 +369,7 @@ impl DonationQuery {
         let (rows, more) = views::donations_of_donor(
             s.store.read_pool(),
             &donor,
-            status.map(DonationStatus::as_str),
+            status.map(|s| triad_domain::donation::DonationStatus::from(s).as_str()),
             first,
             before,
         )
